@@ -1,0 +1,238 @@
+"""Forward throughput (clips/s) of semi_resnet18 and resnet18_3d: JAX against PyTorch on this CPU.
+
+    python benchmarks/forward_throughput.py                 # batch 8, 16x112x112, float32, eval
+    python benchmarks/forward_throughput.py --quick         # fewer repeats
+    python benchmarks/forward_throughput.py --batch 4 --frames 16 --size 112 --models semi_resnet18
+
+Variants per model, all with the same weights (random conv/FC weights, random non-trivial BatchNorm
+statistics; PyTorch's copy is made with ``torch_reference.load_flax_variables``):
+
+* JAX, jitted, ``lowering='auto'`` (the 2D-convolution lowering on CPU), and ``lowering='3d'``
+  (one XLA 3D convolution per layer, for reference; ``--no-jax-3d`` skips it, it is slow on CPU);
+* PyTorch, ``torch.inference_mode``, the default NCDHW layout and ``torch.channels_last_3d``.
+
+Every variant is warmed up (JAX: compiled and run), then timed ``--repeats`` times; the rounds are
+interleaved across variants so that a noisy, shared machine slows them alike. The table reports
+the best (and the median) time per batch; ``speed vs PyTorch channels_last_3d`` is that
+variant's best time divided into PyTorch channels_last_3d's best time (> 1: faster than it).
+``max diff`` is the largest absolute logit difference to PyTorch NCDHW (relative value in brackets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import torch_reference  # noqa: E402
+from semicnn_jax import models  # noqa: E402
+
+MODELS = ("semi_resnet18", "resnet18_3d")
+REFERENCE = "torch channels_last_3d"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+                    return " ".join(w for w in wanted if w in flags)
+    except OSError:
+        pass
+    return "?"
+
+
+def machine_report() -> str:
+    lines = [
+        f"CPU: {cpu_model()} ({cpu_flags()})",
+        f"cores: os.cpu_count()={os.cpu_count()}, usable={len(os.sched_getaffinity(0))}",
+        f"python {platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}, "
+        f"{len(jax.devices())} device(s)), torch {torch.__version__}, "
+        f"torch.get_num_threads()={torch.get_num_threads()}, "
+        f"torch oneDNN(mkldnn)={torch.backends.mkldnn.is_available()}",
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+    ]
+    try:
+        lines.append(f"load average: {os.getloadavg()}")
+    except OSError:
+        pass
+    return "\n".join(lines)
+
+
+def random_variables(variables, seed: int):
+    """Random weights (std sqrt(2/fan_in)) and random, non-trivial BatchNorm parameters and statistics."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, value):
+        name = path[-1].key
+        if name == "kernel":
+            out = rng.normal(0.0, np.sqrt(2.0 / np.prod(value.shape[:-1])), value.shape)
+        elif name == "scale":
+            out = rng.uniform(0.5, 1.5, value.shape)
+        elif name == "bias":
+            out = rng.normal(0.0, 0.1, value.shape)
+        elif name == "mean":
+            out = rng.normal(0.0, 0.2, value.shape)
+        elif name == "var":
+            out = rng.uniform(0.5, 2.0, value.shape)
+        else:
+            raise ValueError(f"unexpected leaf {jax.tree_util.keystr(path)}")
+        return jnp.asarray(out, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, variables)
+
+
+class Variant:
+    """A named forward function; ``run()`` computes one batch and returns numpy logits."""
+
+    def __init__(self, label: str, run):
+        self.label = label
+        self.run = run
+        self.times: list[float] = []
+        self.output: np.ndarray | None = None
+        self.warmup_s = 0.0
+
+    def time_once(self) -> None:
+        start = time.perf_counter()
+        out = self.run()
+        self.times.append(time.perf_counter() - start)
+        if self.output is None:
+            self.output = out
+
+
+def build_variants(name: str, clip: np.ndarray, variables, args) -> list[Variant]:
+    variants = []
+    lowerings = ["auto"] + ([] if args.no_jax_3d else ["3d"])
+    x_jax = jax.device_put(jnp.asarray(clip))
+    for lowering in lowerings:
+        model = models.create(name, num_classes=args.num_classes, lowering=lowering)
+        forward = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False))
+
+        def run(forward=forward):
+            return np.asarray(forward(variables, x_jax).block_until_ready())
+
+        variants.append(Variant(f"jax jit, lowering={lowering!r}", run))
+
+    for fmt_name, fmt in (("NCDHW", torch.contiguous_format), ("channels_last_3d", torch.channels_last_3d)):
+        net = torch_reference.create(name, num_classes=args.num_classes).eval()
+        torch_reference.load_flax_variables(net, variables)
+        net = net.to(memory_format=fmt)
+        x_t = torch_reference.clip_to_torch(clip, fmt)
+
+        def run(net=net, x_t=x_t):
+            with torch.inference_mode():
+                return net(x_t).numpy()
+
+        variants.append(Variant(f"torch {fmt_name}", run))
+    return variants
+
+
+def benchmark_model(name: str, args) -> list[dict]:
+    shape = (args.batch, args.frames, args.size, args.size, 3)
+    clip = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    init_model = models.create(name, num_classes=args.num_classes, lowering="3d")
+    abstract = jax.eval_shape(lambda: init_model.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    variables = random_variables(zeros, seed=MODELS.index(name) if name in MODELS else 0)
+    variants = build_variants(name, clip, variables, args)
+
+    for v in variants:  # warm-up: compile (JAX) and first runs
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            v.output = v.run()
+        v.warmup_s = time.perf_counter() - start
+        print(f"  [{name}] warm-up {v.label}: {v.warmup_s:.1f} s for {args.warmup} run(s)", flush=True)
+    for r in range(args.repeats):  # interleaved rounds
+        for v in variants:
+            v.time_once()
+        print(f"  [{name}] round {r + 1}/{args.repeats}: "
+              + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants), flush=True)
+
+    reference_out = next(v.output for v in variants if v.label == "torch NCDHW")
+    ref_best = min(next(v for v in variants if v.label == REFERENCE).times)
+    scale = float(np.max(np.abs(reference_out)))
+    rows = []
+    for v in variants:
+        best, median = min(v.times), statistics.median(v.times)
+        diff = float(np.max(np.abs(v.output - reference_out)))
+        rows.append(dict(model=name, variant=v.label, best_ms=1e3 * best, median_ms=1e3 * median,
+                         clips_per_s=args.batch / best, speedup=ref_best / best, max_diff=diff,
+                         rel_diff=diff / scale if scale else float("nan")))
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    out = ["| model | framework/variant | ms/batch (best; median) | clips/s | speed vs PyTorch "
+           "channels_last_3d | max diff (rel.) |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | "
+                   f"{r['clips_per_s']:.2f} | {r['speedup']:.2f}x | {r['max_diff']:.1e} ({r['rel_diff']:.0e}) |")
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per variant")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=112, help="frame height and width")
+    p.add_argument("--num-classes", type=int, default=101)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 2, --quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 7, --quick 3)")
+    p.add_argument("--no-jax-3d", action="store_true", help="skip the slow JAX lowering='3d' variant")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
+    if args.warmup < 1 or args.repeats < 1:
+        p.error("--warmup and --repeats must be >= 1")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    print(machine_report())
+    print(f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 float32, eval mode, "
+          f"{args.warmup} warm-up + {args.repeats} timed runs per variant (best and median reported)\n",
+          flush=True)
+    rows = []
+    for name in args.models:
+        rows += benchmark_model(name, args)
+    print()
+    print(markdown_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Trains and evaluates a model of the zoo.
+
+    python -m semicnn_jax.main --workdir=runs/demo --config=experiments/demo.py
+    python -m semicnn_jax.main --workdir=runs/semi_vgg16 --config=experiments/semi_vgg16.py \\
+        --config.dataset.data_dir=/data/ucf101
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from semicnn_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and run.json.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file (path.py or path.py:arg).",
+                                lock_config=True)
+flags.mark_flags_as_required(["workdir", "config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
+                 jax.local_devices())
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,361 @@
+"""Training and evaluation: pure per-device step functions, mapped over all local devices.
+
+The recipe (paper 4.1): SGD with PyTorch semantics (momentum, dampening, coupled weight decay),
+gradients accumulated with ``optax.MultiSteps`` to the effective batch
+``per_device_batch_size x devices x accumulation_steps``, BatchNorm synchronised across devices,
+and the learning rate cut by ``plateau_factor`` when the validation loss stops improving
+(``optax.contrib.reduce_on_plateau`` stepped once per epoch).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import struct
+
+from semicnn_jax import models, optim
+from semicnn_jax.data import pipeline
+
+AXIS = "batch"
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a resumed run needs. ``step`` counts mini-batches; ``epoch`` finished epochs."""
+
+    step: jax.Array
+    epoch: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    plateau_state: Any
+    rng: jax.Array  # raw uint32 key data (checkpointable)
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses a bad config before any work starts, naming the key and value at fault."""
+    models.create(config.model.name, num_classes=2, **model_options(config))  # name and options
+    if config.dataset.name not in pipeline.SOURCES:
+        raise ValueError(f"dataset.name={config.dataset.name!r} is unknown; valid: {', '.join(pipeline.SOURCES)}")
+    for key in ("per_device_batch_size", "accumulation_steps", "num_epochs", "num_frames", "crop_size"):
+        if not (isinstance(config[key], int) and config[key] > 0):
+            raise ValueError(f"config.{key} must be a positive int, got {config[key]!r}")
+    batch_size = config.get("batch_size", -1)
+    if batch_size > 0:
+        if batch_size % jax.device_count():
+            raise ValueError(f"config.batch_size={batch_size} is not divisible by the {jax.device_count()} "
+                             f"devices; set a multiple of {jax.device_count()} or per_device_batch_size")
+    if config.learning_rate <= 0 or not 0 < config.plateau_factor < 1 or config.plateau_patience < 0:
+        raise ValueError("learning_rate must be > 0, plateau_factor in (0, 1), plateau_patience >= 0; got "
+                         f"{config.learning_rate}, {config.plateau_factor}, {config.plateau_patience}")
+    if config.init_from and not os.path.exists(config.init_from):
+        raise ValueError(f"config.init_from={config.init_from!r}: no such file")
+
+
+def model_options(config) -> dict:
+    opts = dict(config.model.get("options", {}))
+    return dict(opts, width=config.model.width, dtype=config.model.dtype)
+
+
+def per_device_batch(config) -> int:
+    batch_size = config.get("batch_size", -1)
+    return batch_size // jax.device_count() if batch_size > 0 else config.per_device_batch_size
+
+
+def create_model(config, num_classes: int, axis_name: str | None = AXIS):
+    return models.create(config.model.name, num_classes=num_classes, axis_name=axis_name,
+                         **model_options(config))
+
+
+def create_optimizer(config, frozen_mask=None) -> optax.GradientTransformation:
+    """SGD (torch semantics), optionally with frozen parameters, accumulated over mini-batches."""
+    tx = optim.sgd(config.learning_rate, config.momentum, config.dampening, config.weight_decay,
+                   config.get("nesterov", False))
+    if frozen_mask is not None:
+        labels = jax.tree.map(lambda frozen: "frozen" if frozen else "trained", frozen_mask)
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+    return optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps)
+
+
+def create_plateau(config):
+    return optim.plateau(config.plateau_factor, config.plateau_patience, config.get("plateau_threshold", 1e-4))
+
+
+def init_variables(config, model, clip_shape) -> dict:
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(config.seed), jnp.zeros(clip_shape, jnp.float32))
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def initial_state(config, variables, tx) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
+                      params=variables["params"], batch_stats=variables["batch_stats"],
+                      opt_state=tx.init(variables["params"]),
+                      plateau_state=optim.plateau_init(create_plateau(config)),
+                      rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def normalize(video: jax.Array) -> jax.Array:
+    """uint8 [0, 255] or float [0, 1] frames -> ImageNet-normalised float32."""
+    video = video.astype(jnp.float32) / 255.0 if video.dtype == jnp.uint8 else video.astype(jnp.float32)
+    return (video - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def classification_metrics(logits, labels, mask) -> dict:
+    """Sums over the (masked) examples: loss, top-1 and top-5 hits, count."""
+    mask = mask.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    k = min(5, logits.shape[-1])
+    topk = jax.lax.top_k(logits, k)[1]
+    return {"loss": jnp.sum(loss * mask), "top1": jnp.sum((topk[:, 0] == labels) * mask),
+            "top5": jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask), "count": jnp.sum(mask)}
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx) -> tuple[TrainState, dict]:
+    """One mini-batch on one device; gradients and BatchNorm statistics averaged over ``AXIS``."""
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+    video = normalize(batch["video"])
+
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, video, train=True,
+                                      mutable=["batch_stats"], rngs={"dropout": rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, (logits, updates.get("batch_stats", {}))
+
+    (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # The plateau schedule scales the learning rate, i.e. SGD's final update.
+    updates = jax.tree.map(lambda u: u * state.plateau_state.scale.astype(u.dtype), updates)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    metrics = jax.lax.psum(classification_metrics(logits, batch["label"], batch["mask"]), AXIS)
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, model) -> dict:
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         normalize(batch["video"]), train=False)
+    return jax.lax.psum(classification_metrics(logits, batch["label"], batch["mask"]), AXIS)
+
+
+def data_parallel(step_fn: Callable, donate_state: bool = False) -> Callable:
+    """Maps a per-device step over all local devices along axis ``AXIS`` (the one place to swap
+    for ``jax.shard_map``)."""
+    return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,) if donate_state else ())
+
+
+def shard(batch: dict) -> dict:
+    """[B, ...] host arrays -> [local_devices, B / local_devices, ...]."""
+    n = jax.local_device_count()
+    return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+
+
+def replicate(tree):
+    n = jax.local_device_count()
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
+
+
+def unreplicate(tree):
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def averages(sums: dict) -> dict:
+    sums = jax.device_get(sums)
+    count = max(float(sums["count"]), 1.0)
+    return {"loss": float(sums["loss"]) / count, "top1": float(sums["top1"]) / count,
+            "top5": float(sums["top5"]) / count}
+
+
+def evaluate(p_eval_step, state, source, global_batch: int) -> dict:
+    total = None
+    for batch in source.eval_batches(global_batch):
+        sums = p_eval_step(state, shard(batch))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    return averages(unreplicate(total))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+    """Latest ``keep_checkpoints`` checkpoints plus the best by eval top-1."""
+    from orbax.checkpoint import checkpoint_managers as policies
+    preserve = policies.AnyPreservationPolicy([
+        policies.LatestN(n=config.get("keep_checkpoints", 3)),
+        policies.BestN(get_metric_fn=lambda m: m["eval_top1"], n=1, keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=preserve, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def run_record(config, info: pipeline.DatasetInfo) -> dict:
+    return {"model": config.model.name, "model_options": {k: str(v) for k, v in model_options(config).items()},
+            "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "num_frames": config.num_frames, "crop_size": config.crop_size, "dataset": config.dataset.name}
+
+
+def check_or_write_run_record(workdir: str, record: dict) -> None:
+    """A workdir belongs to one model: refuse to train another into it (nothing is overwritten)."""
+    path = os.path.join(workdir, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        keys = ("model", "model_options", "num_classes")
+        if any(previous.get(k) != record[k] for k in keys):
+            raise ValueError(f"{workdir} holds a run of model {previous.get('model')!r} "
+                             f"({ {k: previous.get(k) for k in keys[1:]} }); this config trains "
+                             f"{record['model']!r} ({ {k: record[k] for k in keys[1:]} }). "
+                             "Use another --workdir.")
+    elif jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+def load_pretrained(config, variables: dict) -> tuple[dict, Any]:
+    """Loads ``init_from`` (a converted ImageNet file) and the mask of what it filled."""
+    if not config.init_from:
+        return variables, None
+    from semicnn_jax import convert
+    loaded = convert.load_variables(config.init_from, variables)
+    return loaded, convert.pretrained_mask(config.model.name, loaded["params"])
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+class _Preempted:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.flag = False
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint before exiting")
+        self.flag = True
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains ``config``'s model, resuming from ``workdir``'s latest checkpoint if there is one."""
+    validate_config(config)
+    source = pipeline.create(config)
+    info = source.info
+    check_or_write_run_record(workdir, run_record(config, info))
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+    per_device = per_device_batch(config)
+    global_batch = per_device * jax.device_count()
+    steps_per_epoch = info.num_train // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{info.num_train} training examples cannot fill one global batch of {global_batch}")
+    logging.info("effective batch %d = %d per device x %d devices x %d accumulation steps",
+                 global_batch * config.accumulation_steps, per_device, jax.device_count(),
+                 config.accumulation_steps)
+
+    model = create_model(config, info.num_classes)
+    clip_shape = (1, config.num_frames, config.crop_size, config.crop_size, 3)
+    variables, frozen = load_pretrained(config, init_variables(config, model, clip_shape))
+    tx = create_optimizer(config, frozen if config.freeze_pretrained else None)
+    state = initial_state(config, variables, tx)
+    plateau_tx = create_plateau(config)
+
+    manager = checkpoint_manager(workdir, config)
+    if manager.latest_step() is not None:
+        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+        logging.info("resumed from step %d (epoch %d)", int(state.step), int(state.epoch))
+    else:
+        parameter_overview.log_parameter_overview(state.params)
+
+    p_train_step = data_parallel(functools.partial(train_step, model=model, tx=tx), donate_state=True)
+    p_eval_step = data_parallel(functools.partial(eval_step, model=model))
+    start_step = int(state.step)
+    num_steps = steps_per_epoch * config.num_epochs
+    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    preempted = _Preempted()
+    state = replicate(state)
+
+    def save(state, metrics=None):
+        manager.save(int(unreplicate(state).step), args=ocp.args.StandardSave(unreplicate(state)),
+                     metrics=metrics, force=True)
+        manager.wait_until_finished()
+
+    try:
+        step = start_step
+        for epoch in range(int(unreplicate(state).epoch), config.num_epochs):
+            train_sums = None
+            for batch in source.train_batches(epoch, step - epoch * steps_per_epoch, global_batch):
+                state, sums = p_train_step(state, shard(batch))
+                step += 1
+                train_sums = sums if train_sums is None else jax.tree.map(jnp.add, train_sums, sums)
+                report(step)
+                if step % config.get("log_every_steps", 50) == 0 or preempted.flag:
+                    train = averages(unreplicate(train_sums))
+                    _check_finite(train["loss"], step)
+                    writer.write_scalars(step, {"train/loss": train["loss"], "train/top1": train["top1"]})
+                if preempted.flag:
+                    save(state)
+                    logging.warning("stopped at step %d; rerun the same command to resume", step)
+                    return unreplicate(state)
+                if config.get("max_steps", -1) > 0 and step >= config.max_steps:
+                    save(state)
+                    return unreplicate(state)
+            train = averages(unreplicate(train_sums)) if train_sums is not None else {}
+            evaluation = evaluate(p_eval_step, state, source, global_batch)
+            _check_finite(evaluation["loss"], step)
+            plateau_state = optim.plateau_step(plateau_tx, unreplicate(state).plateau_state, evaluation["loss"])
+            state = state.replace(epoch=state.epoch + 1, plateau_state=replicate(plateau_state))
+            lr = config.learning_rate * float(plateau_state.scale)
+            scalars = {f"eval/{k}": v for k, v in evaluation.items()}
+            scalars.update({f"train/{k}": v for k, v in train.items() if k != "top5"})
+            scalars["learning_rate"] = lr
+            writer.write_scalars(step, scalars)
+            logging.info("epoch %d/%d step %d: train loss %.4f top1 %.2f%% | eval loss %.4f top1 %.2f%% "
+                         "top5 %.2f%% | lr %.3g", epoch + 1, config.num_epochs, step, train.get("loss", np.nan),
+                         100 * train.get("top1", np.nan), evaluation["loss"], 100 * evaluation["top1"],
+                         100 * evaluation["top5"], lr)
+            if (epoch + 1) % config.get("checkpoint_every_epochs", 1) == 0 or epoch + 1 == config.num_epochs:
+                save(state, {"eval_top1": evaluation["top1"], "eval_loss": evaluation["loss"]})
+    finally:
+        preempted.restore()
+        writer.flush()
+    return unreplicate(state)
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not np.isfinite(loss):
+        raise NonFiniteLossError(f"loss became {loss} at step {step}; stopping. The last checkpoint (before it) "
+                                 "is kept; lower learning_rate or check the data.")

@@ -1,0 +1,107 @@
+"""Convolution lowerings and pooling primitives against independent references."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from jax import lax
+
+from semicnn_jax import layers
+
+CASES = [
+    # kernel, strides, padding
+    ((1, 3, 3), (1, 1, 1), ((0, 0), (1, 1), (1, 1))),
+    ((1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1))),
+    ((1, 7, 7), (1, 2, 2), ((0, 0), (3, 3), (3, 3))),
+    ((1, 3, 3), (2, 1, 1), ((0, 0), (1, 1), (1, 1))),
+    ((3, 1, 1), (1, 1, 1), ((1, 1), (0, 0), (0, 0))),
+    ((3, 1, 1), (2, 1, 1), ((1, 1), (0, 0), (0, 0))),
+    ((3, 1, 1), (1, 2, 2), ((1, 1), (0, 0), (0, 0))),
+    ((3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))),
+    ((3, 3, 3), (2, 2, 2), ((1, 1), (1, 1), (1, 1))),
+    ((7, 7, 7), (1, 2, 2), ((3, 3), (3, 3), (3, 3))),
+    ((2, 3, 3), (1, 1, 2), ((0, 1), (2, 0), (1, 1))),
+    ((1, 1, 1), (1, 1, 1), ((0, 0), (0, 0), (0, 0))),
+    ((1, 1, 1), (2, 2, 2), ((0, 0), (0, 0), (0, 0))),
+    ((1, 1, 1), (1, 2, 2), ((0, 0), (0, 0), (0, 0))),
+]
+
+
+@pytest.mark.parametrize("kernel_shape,strides,padding", CASES)
+def test_lowerings_equal_plain_3d_convolution(kernel_shape, strides, padding):
+    kx, kk = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (2, 7, 9, 10, 5))
+    kernel = jax.random.normal(kk, kernel_shape + (5, 6))
+    plain = lax.conv_general_dilated(x, kernel, strides, padding,
+                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                     precision=lax.Precision.HIGHEST)
+    for lowering in ("2d", "3d"):
+        lowered = jax.jit(lambda a, b: layers.conv3d(a, b, strides, padding, lowering,
+                                                     precision=lax.Precision.HIGHEST))(x, kernel)
+        assert lowered.shape == plain.shape
+        np.testing.assert_allclose(lowered, plain, rtol=1e-5, atol=1e-5 * float(jnp.abs(plain).max()))
+
+
+def test_conv_matches_torch_conv3d():
+    """The Conv module with PyTorch padding equals torch's Conv3d (an independent reference)."""
+    x = np.random.default_rng(0).normal(size=(2, 6, 8, 8, 4)).astype(np.float32)
+    conv = layers.Conv(3, (3, 3, 3), (1, 2, 2), (1, 1, 1), use_bias=True, lowering="2d")
+    variables = conv.init(jax.random.key(1), x)
+    ours = np.asarray(conv.apply(variables, x))
+    weight = torch.from_numpy(np.asarray(variables["params"]["kernel"]).transpose(4, 3, 0, 1, 2).copy())
+    bias = torch.from_numpy(np.array(variables["params"]["bias"]))
+    theirs = F.conv3d(torch.from_numpy(x).permute(0, 4, 1, 2, 3), weight, bias, (1, 2, 2), (1, 1, 1))
+    np.testing.assert_allclose(ours, theirs.permute(0, 2, 3, 4, 1).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_lowering_is_2d_on_cpu_and_unknown_is_refused():
+    assert layers.resolve_lowering("auto") == "2d"
+    with pytest.raises(ValueError, match="unknown lowering 'fast'"):
+        layers.resolve_lowering("fast")
+
+
+def test_conv_kernel_init_is_kaiming_fan_out():
+    conv = layers.Conv(64, (3, 3, 3))
+    kernel = conv.init(jax.random.key(0), jnp.zeros((1, 3, 4, 4, 32)))["params"]["kernel"]
+    assert kernel.shape == (3, 3, 3, 32, 64)
+    expected_std = np.sqrt(2.0 / (27 * 64))
+    assert abs(float(jnp.std(kernel)) / expected_std - 1) < 0.05
+
+
+@pytest.mark.parametrize("window,strides,padding", [
+    ((1, 3, 3), (1, 2, 2), (0, 1, 1)), ((3, 1, 1), (2, 1, 1), (1, 0, 0)), ((2, 2, 2), (2, 2, 2), (0, 0, 0)),
+    ((2, 2, 2), (2, 2, 2), (0, 1, 1)), ((3, 3, 3), (2, 2, 2), (1, 1, 1))])
+def test_pools_match_torch(window, strides, padding):
+    x = np.random.default_rng(1).normal(size=(2, 7, 9, 9, 3)).astype(np.float32)
+    xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
+    to_ndhwc = lambda t: t.permute(0, 2, 3, 4, 1).numpy()
+    np.testing.assert_allclose(layers.max_pool(x, window, strides, padding),
+                               to_ndhwc(F.max_pool3d(xt, window, strides, padding)), rtol=1e-6)
+    np.testing.assert_allclose(layers.avg_pool(x, window, strides, padding),
+                               to_ndhwc(F.avg_pool3d(xt, window, strides, padding, count_include_pad=True)),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [7, 14, 5, 9, 13])
+def test_adaptive_avg_pool_matches_torch(size):
+    x = np.random.default_rng(2).normal(size=(2, 1, size, size + 2, 4)).astype(np.float32)
+    ours = layers.adaptive_avg_pool_2d(x, (7, 7))[:, 0]
+    theirs = F.adaptive_avg_pool2d(torch.from_numpy(x[:, 0]).permute(0, 3, 1, 2), (7, 7)).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_pool_that_empties_the_map_is_refused():
+    with pytest.raises(ValueError, match="clip too small"):
+        layers.max_pool(jnp.zeros((1, 1, 4, 4, 2)), (2, 2, 2), (2, 2, 2))
+
+
+def test_frames_to_channels_is_frame_major():
+    clip = jnp.arange(2 * 3 * 2 * 2 * 3, dtype=jnp.float32).reshape(2, 3, 2, 2, 3)
+    stacked = layers.frames_to_channels(clip)
+    assert stacked.shape == (2, 1, 2, 2, 9)
+    for t, c in itertools.product(range(3), range(3)):
+        np.testing.assert_array_equal(stacked[:, 0, :, :, 3 * t + c], clip[:, t, :, :, c])

@@ -1,0 +1,187 @@
+"""The training loop: accumulation across devices, exact resume after SIGTERM, refusals, main."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import base, demo
+from semicnn_jax import train
+from semicnn_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    config = demo.get_config()
+    config.model.name = "semi_resnet18"
+    config.model.width = 1 / 16
+    config.num_frames, config.crop_size = 4, 32
+    config.dataset.train_size, config.dataset.eval_size = 64, 12
+    config.per_device_batch_size = 4
+    config.accumulation_steps = 2
+    config.num_epochs = 2
+    config.log_every_steps = 4
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return config
+
+
+def test_accumulated_update_on_two_devices_equals_one_update_on_the_whole_batch():
+    """k mini-batches x 2 devices through MultiSteps == one step on the concatenation, 1 device.
+
+    C3D has no BatchNorm, so the batch split does not change the forward pass.
+    """
+    assert jax.local_device_count() == 2
+    config = tiny_config(**{"model.name": "c3d", "model.options": {"dropout_rate": 0.0}})
+    config.num_frames = 16
+    model = train.create_model(config, num_classes=8)
+    variables = train.init_variables(config, model, (1, 16, 32, 32, 3))
+    rng = np.random.default_rng(0)
+    video = rng.uniform(size=(8, 16, 32, 32, 3)).astype(np.float32)
+    label = rng.integers(0, 8, size=8).astype(np.int32)
+    mask = np.ones(8, bool)
+
+    config.accumulation_steps = 2
+    tx = train.create_optimizer(config)
+    state = train.replicate(train.initial_state(config, variables, tx))
+    step = train.data_parallel(functools.partial(train.train_step, model=model, tx=tx))
+    for half in (slice(0, 4), slice(4, 8)):
+        state, _ = step(state, train.shard({"video": video[half], "label": label[half], "mask": mask[half]}))
+    accumulated = train.unreplicate(state).params
+
+    config.accumulation_steps = 1
+    tx1 = train.create_optimizer(config)
+    one_device = jax.pmap(functools.partial(train.train_step, model=model, tx=tx1), axis_name=train.AXIS,
+                          devices=jax.local_devices()[:1])
+    state1 = jax.tree.map(lambda x: np.asarray(x)[None], train.initial_state(config, variables, tx1))
+    state1, _ = one_device(state1, jax.tree.map(lambda x: x[None], {"video": video, "label": label, "mask": mask}))
+    whole = train.unreplicate(state1).params
+
+    assert not np.allclose(accumulated["fc8"]["kernel"], variables["params"]["fc8"]["kernel"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), accumulated, whole)
+
+
+class _SigtermAt:
+    """Wraps a source so that the process receives SIGTERM when batch ``at`` is handed out."""
+
+    def __init__(self, source, at):
+        self.source, self.at, self.count = source, at, 0
+        self.info = source.info
+
+    def train_batches(self, *args):
+        for batch in self.source.train_batches(*args):
+            self.count += 1
+            if self.count == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    def eval_batches(self, *args):
+        return self.source.eval_batches(*args)
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = tiny_config()  # 8 steps per epoch, 2 epochs, accumulation 2
+    uninterrupted = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    assert int(uninterrupted.step) == 16
+
+    create = pipeline.create
+    monkeypatch.setattr(pipeline, "create", lambda c: _SigtermAt(create(c), at=5))
+    stopped = train.train_and_evaluate(config, str(tmp_path / "killed"))
+    assert int(stopped.step) == 5 and int(stopped.epoch) == 0  # mid-epoch, mid-accumulation
+    monkeypatch.setattr(pipeline, "create", create)
+    resumed = train.train_and_evaluate(config, str(tmp_path / "killed"))
+    assert int(resumed.step) == 16 and int(resumed.epoch) == 2
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+    jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, uninterrupted.batch_stats)
+
+
+class _NaNAfter:
+    def __init__(self, source, after):
+        self.source, self.after, self.count = source, after, 0
+        self.info = source.info
+
+    def train_batches(self, *args):
+        for batch in self.source.train_batches(*args):
+            self.count += 1
+            if self.count > self.after:
+                batch = dict(batch, video=np.full_like(batch["video"], np.nan))
+            yield batch
+
+    def eval_batches(self, *args):
+        return self.source.eval_batches(*args)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(num_epochs=3)
+    workdir = str(tmp_path / "run")
+    create = pipeline.create
+    monkeypatch.setattr(pipeline, "create", lambda c: _NaNAfter(create(c), after=10))
+    with pytest.raises(train.NonFiniteLossError, match="loss became nan"):
+        train.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]  # epoch 1's, nothing after
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.name": "semi_resnet19"}, "unknown model 'semi_resnet19'"),
+    ({"dataset.name": "kinetics"}, "dataset.name='kinetics' is unknown"),
+    ({"batch_size": 7}, "batch_size=7 is not divisible by the 2 devices"),
+    ({"model.options": {"head": "triple"}}, "head='triple'"),
+    ({"per_device_batch_size": 0}, "per_device_batch_size must be a positive int"),
+])
+def test_bad_config_is_refused_before_any_work(tmp_path, overrides, message):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(tiny_config(**overrides), str(workdir))
+    assert not workdir.exists()
+
+
+def test_workdir_of_another_model_is_refused_and_left_alone(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    record = {"model": "c3d", "model_options": {}, "num_classes": 8}
+    (workdir / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="holds a run of model 'c3d'"):
+        train.train_and_evaluate(tiny_config(), str(workdir))
+    assert json.loads((workdir / "run.json").read_text()) == record
+    assert os.listdir(workdir) == ["run.json"]
+
+
+def test_paper_configs_carry_the_recipe():
+    for name, mini in (("semi_vgg16", 8), ("semi_resnet50", 4), ("resnet152_3d", 2)):
+        config = base.get_config(name)
+        assert config.per_device_batch_size * base.DEVICES * config.accumulation_steps == 256
+        assert config.per_device_batch_size * base.DEVICES == mini
+        assert (config.learning_rate, config.momentum, config.dampening, config.weight_decay) == (0.1, 0.9, 0.9, 1e-4)
+        assert (config.plateau_factor, config.plateau_patience, config.num_epochs) == (0.1, 10, 50)
+        assert (config.num_frames, config.crop_size, config.dataset.split) == (16, 224, 1)
+
+
+def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "semicnn_jax.main", f"--workdir={workdir}", "--config=experiments/demo.py",
+           "--config.model.width=0.0625", "--config.num_frames=4", "--config.crop_size=32",
+           "--config.dataset.train_size=32", "--config.dataset.eval_size=8", "--config.num_epochs=1",
+           "--config.per_device_batch_size=4", "--config.log_every_steps=2"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1/1 step 4: train loss" in result.stderr
+    assert os.listdir(workdir / "checkpoints") == ["4"]
+    events = event_accumulator.EventAccumulator(str(workdir))
+    events.Reload()
+    tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+    assert {"train/loss", "train/top1", "eval/loss", "eval/top1", "eval/top5", "learning_rate"} <= tags
