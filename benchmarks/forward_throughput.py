@@ -13,9 +13,15 @@ statistics; PyTorch's copy is made with ``torch_reference.load_flax_variables``)
 
 Every variant is warmed up (JAX: compiled and run), then timed ``--repeats`` times; the rounds are
 interleaved across variants so that a noisy, shared machine slows them alike. The table reports
-the best (and the median) time per batch; ``speed vs PyTorch channels_last_3d`` is that
-variant's best time divided into PyTorch channels_last_3d's best time (> 1: faster than it).
-``max diff`` is the largest absolute logit difference to PyTorch NCDHW (relative value in brackets).
+the best (and the median) time per batch. ``speed vs PyTorch channels_last_3d`` is PyTorch
+channels_last_3d's best time divided by the variant's best time (> 1: faster than it), and in
+brackets the median over rounds of the same ratio taken within each round (robust to load that
+drifts between rounds). ``max diff`` is the largest absolute logit difference to PyTorch NCDHW
+(relative to the largest logit in brackets).
+
+On a machine shared with other jobs, PyTorch's OpenMP threads lose much more than XLA's thread
+pool when a core is taken away; ``--cores 0`` pins the whole process (both frameworks) to one core
+for a per-core comparison that contention distorts less.
 """
 
 from __future__ import annotations
@@ -29,6 +35,19 @@ import time
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _pin_cores(argv) -> None:
+    """Applies ``--cores`` before jax and torch are imported (their thread pools size on import)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--cores", default=None)
+    cores = pre.parse_known_args(argv)[0].cores
+    if cores:
+        os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
+
+
+if __name__ == "__main__":
+    _pin_cores(sys.argv[1:])
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -173,25 +192,27 @@ def benchmark_model(name: str, args) -> list[dict]:
               + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants), flush=True)
 
     reference_out = next(v.output for v in variants if v.label == "torch NCDHW")
-    ref_best = min(next(v for v in variants if v.label == REFERENCE).times)
+    ref_times = next(v for v in variants if v.label == REFERENCE).times
+    ref_best = min(ref_times)
     scale = float(np.max(np.abs(reference_out)))
     rows = []
     for v in variants:
         best, median = min(v.times), statistics.median(v.times)
         diff = float(np.max(np.abs(v.output - reference_out)))
         rows.append(dict(model=name, variant=v.label, best_ms=1e3 * best, median_ms=1e3 * median,
-                         clips_per_s=args.batch / best, speedup=ref_best / best, max_diff=diff,
+                         clips_per_s=args.batch / best, speedup=ref_best / best,
+                         round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)), max_diff=diff,
                          rel_diff=diff / scale if scale else float("nan")))
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    out = ["| model | framework/variant | ms/batch (best; median) | clips/s | speed vs PyTorch "
-           "channels_last_3d | max diff (rel.) |",
+    out = ["| model | framework/variant | ms/batch (best; median) | clips/s (best) | speed vs PyTorch "
+           "channels_last_3d (best; per-round median) | max diff (rel.) |",
            "|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | "
-                   f"{r['clips_per_s']:.2f} | {r['speedup']:.2f}x | {r['max_diff']:.1e} ({r['rel_diff']:.0e}) |")
+                   f"{r['clips_per_s']:.2f} | {r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | {r['max_diff']:.1e} ({r['rel_diff']:.0e}) |")
     return "\n".join(out)
 
 
@@ -208,6 +229,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 7, --quick 3)")
     p.add_argument("--no-jax-3d", action="store_true", help="skip the slow JAX lowering='3d' variant")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--cores", default=None,
+                   help="comma-separated CPU ids to pin the process to, e.g. 0 (set before jax/torch start)")
     args = p.parse_args(argv)
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
@@ -220,6 +243,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.cores and os.sched_getaffinity(0) != {int(c) for c in args.cores.split(",")}:
+        _pin_cores(["--cores", args.cores])  # imported as a module: pin late; match torch's threads
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     print(machine_report())

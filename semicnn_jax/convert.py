@@ -6,7 +6,7 @@
     variables = convert.load_variables("weights/semi_resnet18_imagenet.msgpack", target_variables)
     mask = convert.pretrained_mask("semi_resnet18", variables["params"])   # True: from ImageNet
 
-Which models take which weights (``--torchvision`` name in brackets):
+Which models take which weights (``--torchvision`` name in parentheses):
 
 * 2D baselines ``vgg16_2d`` (vgg16), ``resnet{18,34,50,101,152}_2d`` (resnet*),
   ``densenet{121,169}_2d`` (densenet*): every parameter and running statistic. With T frames the
@@ -63,13 +63,19 @@ _CLASSIFIER = {"vgg": "fc8", "resnet": "fc", "densenet": "classifier"}
 _SEMI_VGG16 = frozenset(item[0] for item in vgg.SEMI_VGG16_SPATIAL if item is not None)
 _SEMI_DENSENET = frozenset({"conv0", "norm0", "denseblock1", "transition1", "denseblock2"})
 _SEMI_RESNET = re.compile(r"^(conv1|bn1|layer[12]_\d+)$")
-# torchvision vgg16.features index of each convolution.
-_VGG_FEATURE_INDEX: dict[str, int] = {}
-_i = 0
-for _item in vgg.VGG16_FEATURES:
-    if _item is not None:
-        _VGG_FEATURE_INDEX[_item[0]] = _i
-    _i += 1 if _item is None else 2  # conv + ReLU, or a pool
+
+
+def _vgg_feature_index() -> dict[str, int]:
+    """torchvision ``vgg16.features`` index of each convolution (a conv and its ReLU take two)."""
+    index, i = {}, 0
+    for item in vgg.VGG16_FEATURES:
+        if item is not None:
+            index[item[0]] = i
+        i += 1 if item is None else 2
+    return index
+
+
+_VGG_FEATURE_INDEX = _vgg_feature_index()
 _VGG_FC = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 # torchvision DenseNet-BC block configurations (growth 32, 64 initial features, bn_size 4).
 _DENSENET_BLOCKS = {"densenet121": (6, 12, 24, 16), "densenet169": (6, 12, 32, 32)}
@@ -285,8 +291,12 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any], variables
         collection, inner = path[0], path[1:]
         if collection not in ("params", "batch_stats") or not _is_pretrained(family, semi, inner, leaf.shape):
             continue
-        key = _torch_key(family, inner)
         where = f"{'/'.join(path)} (shape {tuple(leaf.shape)})"
+        try:
+            key = _torch_key(family, inner)
+        except (KeyError, ValueError):
+            raise ValueError(f"{where} has no counterpart in torchvision {arch}: are these {model_name}'s "
+                             "variables?") from None
         if key not in reference:
             raise ValueError(f"{where} maps to {key!r}, which torchvision {arch} lacks: are these "
                              f"{model_name}'s variables?")
@@ -313,6 +323,7 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any], variables
         if strict:
             raise ValueError(f"strict: {len(unused)} state dict keys left unused by {model_name}: {summary}")
         logger.info("%s: %d state dict keys left unused: %s", model_name, len(unused), summary)
+    logger.info("%s: moved %d parameter values from %d state dict keys", model_name, n, len(used))
     return Conversion(traverse_util.unflatten_dict(new_flat), n, unused)
 
 
@@ -330,8 +341,9 @@ def from_torchvision(model_name: str, state_dict: Mapping[str, Any], variables: 
 
     Returns:
       ``(new_variables, n)``: a new tree, and the number of parameter values filled (weights,
-      biases, BatchNorm scale and bias; running statistics are filled too but not counted). ``n`` is
-      the size of the leaves :func:`pretrained_mask` marks.
+      biases, BatchNorm scale and bias; running statistics are filled too but not counted; an
+      inflated first kernel counts at its inflated size). ``n`` is the size of the leaves
+      :func:`pretrained_mask` marks.
     """
     result = convert_state_dict(model_name, state_dict, variables, strict=strict)
     return result.variables, result.n
@@ -425,11 +437,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="fail if a state dict key is left unused")
     args = parser.parse_args(argv)
 
-    source_name = args.torch_weights or f"torchvision {args.torchvision}"
-    state = load_torch_state_dict(args.torch_weights) if args.torch_weights else torchvision_state_dict(args.torchvision)
-    _parse(args.model)  # fail on a model without ImageNet counterpart before initialising it
-    variables = init_variables(args.model, args.num_classes, args.num_frames, args.image_size, args.seed)
-    result = convert_state_dict(args.model, state, variables, strict=args.strict)
+    try:
+        _parse(args.model)  # fail on a model without ImageNet counterpart before loading anything
+        source_name = args.torch_weights or f"torchvision {args.torchvision}"
+        state = (load_torch_state_dict(args.torch_weights) if args.torch_weights
+                 else torchvision_state_dict(args.torchvision))
+        variables = init_variables(args.model, args.num_classes, args.num_frames, args.image_size, args.seed)
+        result = convert_state_dict(args.model, state, variables, strict=args.strict)
+    except (ValueError, OSError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     save_variables(args.out, result.variables)
     total = sum(int(np.size(x)) for x in jax.tree.leaves(result.variables.get("params", {})))
     print(f"{args.model}: moved {result.n:,} parameter values of {total:,} from {source_name}")

@@ -343,6 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             scalars.update({f"train/{k}": v for k, v in train.items() if k != "top5"})
             scalars["learning_rate"] = lr
             writer.write_scalars(step, scalars)
+            append_metrics_line(workdir, dict(scalars, epoch=epoch + 1, step=step))
             logging.info("epoch %d/%d step %d: train loss %.4f top1 %.2f%% | eval loss %.4f top1 %.2f%% "
                          "top5 %.2f%% | lr %.3g", epoch + 1, config.num_epochs, step, train.get("loss", np.nan),
                          100 * train.get("top1", np.nan), evaluation["loss"], 100 * evaluation["top1"],
@@ -353,6 +354,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         preempted.restore()
         writer.flush()
     return unreplicate(state)
+
+
+def append_metrics_line(workdir: str, record: dict) -> None:
+    """One JSON line per evaluation in ``workdir/metrics.jsonl`` (process 0 only)."""
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def _check_finite(loss: float, step: int) -> None:

@@ -3,7 +3,8 @@
 torchvision models are randomly initialised (nothing is downloaded), with random BatchNorm statistics
 and affine parameters, in eval mode. Variables templates come from ``jax.eval_shape`` of each model's
 init, numpy zeros (noise where an initialisation must survive): random Flax init of the full-size
-models costs tens of seconds on CPU. Applies are jitted with XLA's backend optimisations off.
+models costs tens of seconds on CPU. ResNets run eagerly (their op shapes repeat across depths, so
+the compiled kernels are shared); the other models are jitted with XLA's backend optimisations off.
 """
 
 import functools
@@ -47,18 +48,25 @@ def _family(arch):
 
 @functools.lru_cache(maxsize=None)
 def _torch_model(arch):
-    """torchvision ``arch``, random weights and random BatchNorm statistics/affine, eval mode."""
+    """torchvision ``arch`` in eval mode: random weights, biases and BatchNorm affine parameters, and
+    random BatchNorm statistics near those of random images (so activations stay O(1) at any depth)."""
     torch.manual_seed(ARCHS.index(arch))
     net = getattr(torchvision.models, arch)(weights=None)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0.0, 0.2)
+                m.momentum = None  # running statistics: the plain average over the batches seen
             elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
                 m.bias.normal_(0.0, 0.05)  # torchvision initialises them to 0
+        if norms:
+            net.train()(torch.randn(4, 3, SIZE, SIZE))
+            for m in norms:
+                m.running_mean.add_(0.1 * torch.randn_like(m.running_mean) * m.running_var.sqrt())
+                m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.7, 1.3))
+                m.momentum = 0.1
     return net.eval()
 
 
@@ -85,6 +93,13 @@ def _run(fn, *args):
     """``jax.jit(fn)(*args)``, compiled with XLA's backend optimisations off (compile time dominates)."""
     compiled = jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
     return jax.device_get(compiled(*args))
+
+
+def _logits(name, model, variables, clip):
+    """Eager for ResNets, whose op shapes repeat across depths (cached kernels); jitted otherwise."""
+    if name.startswith("resnet"):
+        return np.asarray(model.apply(variables, clip, train=False))
+    return _run(lambda v, x: model.apply(v, x, train=False), variables, clip)
 
 
 def _clip(frames, seed=0):
@@ -115,7 +130,7 @@ def test_2d_model_gives_torchvision_logits(arch):
     new, n = convert.from_torchvision(f"{arch}_2d", _state_dict(arch), variables, strict=True)
     assert n == _size(new["params"])
     clip = _clip(1)
-    got = _run(lambda v, x: model.apply(v, x, train=False), new, clip)
+    got = _logits(f"{arch}_2d", model, new, clip)
     with torch.no_grad():
         want = _torch_model(arch)(_frames_to_torch(clip)).numpy()
     err = _rel_err(got, want)
@@ -130,11 +145,18 @@ def test_2d_inflation_and_other_classifier(arch):
     name, frames, family = f"{arch}_2d", 4, _family(arch)
     first, classifier, prefix = {"vgg": ("conv1_1", "fc8", "classifier.6"), "resnet": ("conv1", "fc", "fc"),
                                  "densenet": ("conv0", "classifier", "classifier")}[family]
-    _, variables = _template(name, frames, num_classes=10)
+    if family == "vgg":  # only the layers concerned: converting FC6 and FC7 costs seconds
+        variables = {"params": {"conv1_1": {"kernel": np.zeros((1, 3, 3, 3 * frames, 64), np.float32),
+                                            "bias": np.zeros(64, np.float32)},
+                                "fc8": {"kernel": np.zeros((4096, 10), np.float32), "bias": np.zeros(10, np.float32)}}}
+    else:
+        _, variables = _template(name, frames, num_classes=10)
     variables["params"][classifier] = _noise(variables["params"][classifier])
     result = convert.convert_state_dict(name, _state_dict(arch), variables)
     new = result.variables
-    assert sorted(result.unused) == [f"{prefix}.bias", f"{prefix}.weight"]
+    assert {f"{prefix}.bias", f"{prefix}.weight"} <= set(result.unused)
+    if family != "vgg":
+        assert sorted(result.unused) == [f"{prefix}.bias", f"{prefix}.weight"]
     for leaf in ("kernel", "bias"):
         np.testing.assert_array_equal(new["params"][classifier][leaf], variables["params"][classifier][leaf])
     assert result.n == _size(new["params"]) - _size(new["params"][classifier])
@@ -157,7 +179,7 @@ def test_2d_static_clip_of_t_frames_gives_torchvision_logits():
     model, variables = _template("resnet18_2d", 4)
     new, _ = convert.from_torchvision("resnet18_2d", _state_dict("resnet18"), variables, strict=True)
     frame = _clip(1, seed=3)
-    got = _run(lambda v, x: model.apply(v, x, train=False), new, np.repeat(frame, 4, axis=1))
+    got = _logits("resnet18_2d", model, new, np.repeat(frame, 4, axis=1))
     with torch.no_grad():
         want = _torch_model("resnet18")(_frames_to_torch(frame)).numpy()
     assert _rel_err(got, want) < 1e-4
@@ -245,6 +267,25 @@ def test_wrong_architecture_missing_key_and_wrong_shape_raise():
         convert.from_torchvision("resnet18_2d", _state_dict("resnet18"), variables)
 
 
+def test_variables_of_another_model_raise():
+    foreign = {"params": {"temporal_conv": {"kernel": np.zeros((3, 1, 1, 512, 512), np.float32)}}}
+    with pytest.raises(ValueError, match=r"params/temporal_conv/kernel \(shape \(3, 1, 1, 512, 512\)\) has no "
+                                         r"counterpart in torchvision vgg16"):
+        convert.from_torchvision("vgg16_2d", _state_dict("vgg16"), foreign)
+    with pytest.raises(ValueError, match="nothing of the state dict fits"):
+        convert.from_torchvision("semi_vgg16", _state_dict("vgg16"), foreign)
+
+
+def test_semi_densenet_reading_b_pretrained_count():
+    """Reading (b)'s spatial transition (BN-ReLU-conv) is not ImageNet's: the count stays 762,816."""
+    model = models.create("semi_densenet121", reading="b")
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, SIZE, SIZE, 3))))
+    mask = convert.pretrained_mask("semi_densenet121", shapes["params"])
+    assert "spatial_transition" in mask and not any(jax.tree.leaves(mask["spatial_transition"]))
+    assert sum(int(np.prod(p.shape)) for p, m in zip(jax.tree.leaves(shapes["params"]), jax.tree.leaves(mask))
+               if m) == PRETRAINED["semi_densenet121"]
+
+
 @pytest.mark.parametrize("name", ("resnet18_3d", "semi_resnet18_3d", "c3d", "densenet121_3d"))
 def test_models_without_imagenet_counterpart_raise(name):
     with pytest.raises(ValueError, match="no ImageNet counterpart|unknown model"):
@@ -288,18 +329,17 @@ def test_summarize_keys():
 # Files and the command.
 
 def test_save_load_round_trip_and_mismatches(tmp_path):
-    model, variables = _template("semi_resnet18", 2)
-    new, _ = convert.from_torchvision("semi_resnet18", _state_dict("resnet18"), variables)
-    path = tmp_path / "sub" / "semi_resnet18.msgpack"
+    model, variables = _template("resnet18_2d", 1)
+    new, _ = convert.from_torchvision("resnet18_2d", _state_dict("resnet18"), variables)
+    path = tmp_path / "sub" / "resnet18_2d.msgpack"
     convert.save_variables(path, new)
     loaded = convert.load_variables(path, variables)
     assert jax.tree.structure(loaded) == jax.tree.structure(new)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(new)):
+        assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
-    clip = _clip(2, seed=2)
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(new, clip).compile(
-        compiler_options={"xla_backend_optimization_level": 0})
-    np.testing.assert_array_equal(apply(loaded, clip), apply(new, clip))
+    clip = _clip(1, seed=2)
+    np.testing.assert_array_equal(_logits("resnet18_2d", model, loaded, clip), _logits("resnet18_2d", model, new, clip))
     untyped = convert.load_variables(path)
     assert jax.tree.structure(untyped) == jax.tree.structure(new)
 
@@ -333,19 +373,49 @@ def test_torchvision_weights_api_is_used(monkeypatch):
     assert len(calls) == 2
 
 
-def test_command_end_to_end(tmp_path):
-    pth, out = tmp_path / "resnet18.pth", tmp_path / "weights" / "semi_resnet18_imagenet.msgpack"
+def test_command_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--model", "c3d", "--torch-weights", str(tmp_path / "x.pth"), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "c3d has no ImageNet counterpart" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--model", "semi_resnet18", "--torch-weights", str(tmp_path / "missing.pth"),
+                      "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "missing.pth" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # exactly one weights source
+        convert.main(["--model", "semi_resnet18", "--out", str(tmp_path / "o")])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _command(request, tmp_path_factory, _one_torch_thread):
+    """Starts the command of :func:`test_command_end_to_end` when the module starts, if that test is
+    selected: it spends ~10 s mostly compiling the random init, alongside the tests in this process."""
+    if not any(item.name == "test_command_end_to_end" for item in request.session.items):
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("command")
+    pth, out = tmp / "resnet18.pth", tmp / "weights" / "semi_resnet18_imagenet.msgpack"
     torch.save(_torch_model("resnet18").state_dict(), pth)
     # XLA's default CPU optimisation level makes compiling the random init take ~20 s; 1 takes ~5 s.
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
                XLA_FLAGS=flags.strip())
-    proc = subprocess.run([sys.executable, "-m", "semicnn_jax.convert", "--model", "semi_resnet18",
-                           "--torch-weights", str(pth), "--out", str(out), "--num-frames", "4",
-                           "--image-size", "64"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "moved 387,648 parameter values" in proc.stdout
-    assert "unused state dict keys: 62 of 102: layer2.1.*, layer3.*, layer4.*, fc.*" in proc.stdout
+    with open(tmp / "stdout", "w") as stdout, open(tmp / "stderr", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "semicnn_jax.convert", "--model", "semi_resnet18",
+                                 "--torch-weights", str(pth), "--out", str(out), "--num-frames", "4",
+                                 "--image-size", "64"], stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+    yield proc, tmp, out
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_command_end_to_end(_command):
+    proc, tmp, out = _command
+    proc.wait(timeout=300)
+    stdout, stderr = (tmp / "stdout").read_text(), (tmp / "stderr").read_text()
+    assert proc.returncode == 0, stderr
+    assert "moved 387,648 parameter values" in stdout
+    assert "unused state dict keys: 62 of 102: layer2.1.*, layer3.*, layer4.*, fc.*" in stdout
 
     _, target = _template("semi_resnet18", 2, num_classes=101)
     loaded = convert.load_variables(out, target)

@@ -185,3 +185,28 @@ def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
     events.Reload()
     tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
     assert {"train/loss", "train/top1", "eval/loss", "eval/top1", "eval/top5", "learning_rate"} <= tags
+
+
+def test_frozen_pretrained_parameters_stay_bit_identical(tmp_path):
+    """init_from a converted torchvision file + freeze_pretrained: moved params never change."""
+    import torchvision
+
+    from semicnn_jax import convert
+
+    config = tiny_config(**{"model.width": 1.0, "init_from": str(tmp_path / "semi_resnet18.msgpack"),
+                            "freeze_pretrained": True, "accumulation_steps": 1, "max_steps": 3})
+    model = train.create_model(config, num_classes=8, axis_name=None)
+    variables = train.init_variables(config, model, (1, 4, 32, 32, 3))
+    converted, moved = convert.from_torchvision("semi_resnet18", torchvision.models.resnet18().state_dict(),
+                                                variables)
+    assert moved == 387_648
+    convert.save_variables(config.init_from, converted)
+
+    state = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert int(state.step) == 3
+    mask = convert.pretrained_mask("semi_resnet18", state.params)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), state.params, converted["params"])
+    frozen_same = [s for s, m in zip(jax.tree.leaves(same), jax.tree.leaves(mask)) if m]
+    trained_same = [s for s, m in zip(jax.tree.leaves(same), jax.tree.leaves(mask)) if not m]
+    assert len(frozen_same) > 0 and all(frozen_same)
+    assert not any(trained_same)  # every other parameter moved
