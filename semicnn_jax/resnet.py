@@ -42,14 +42,19 @@ class Stem:
     pool: Pool
 
 
-class BasicBlock(nn.Module):
-    """Two convolutions of ``kind`` and a shortcut (ResNet-18/34)."""
+class _Block(nn.Module):
+    """A residual block: ``planes`` planes, convolutions of ``kind``, first stride ``stride``."""
 
     planes: int
     kind: str
     stride: int
     conv: Any
     norm: Any
+
+
+class BasicBlock(_Block):
+    """Two convolutions of ``kind`` and a shortcut (ResNet-18/34)."""
+
     expansion = 1
 
     @nn.compact
@@ -62,14 +67,9 @@ class BasicBlock(nn.Module):
         return nn.relu(y + shortcut(self, x, self.planes * self.expansion, strides(self.stride)))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1x1, ``kind`` (strided), 1x1x1 with 4x expansion, and a shortcut (ResNet-50/101/152)."""
 
-    planes: int
-    kind: str
-    stride: int
-    conv: Any
-    norm: Any
     expansion = 4
 
     @nn.compact

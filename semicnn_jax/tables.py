@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import sys
 
-from semicnn_jax import models, paper
+import jax
+
+from semicnn_jax import convert, models, paper
 
 
-def pretrained_count(name: str, params) -> int | None:
-    """Values the ImageNet converter fills in a semi model (None if the converter is unavailable)."""
-    try:
-        from semicnn_jax import convert
-    except ImportError:
-        return None
+def pretrained_count(name: str, params) -> int:
+    """Values the ImageNet converter fills in model ``name``."""
     mask = convert.pretrained_mask(name, params)
-    return sum(models.num_params(p) for p, m in zip(_leaves(params), _leaves(mask)) if m)
-
-
-def _leaves(tree):
-    import jax
-    return jax.tree.leaves(tree)
+    return sum(models.num_params(p) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
 
 
 def table2_rows(families=paper.FAMILIES):
@@ -44,9 +37,6 @@ def format_table2(rows) -> str:
     for family, counts in rows:
         cells = []
         for count, printed, exact in zip(counts, paper.TABLE2[family], paper.TABLE2_EXACT[family]):
-            if count is None:
-                cells.append(f"n/a / {printed:.1f}")
-                continue
             ok = round(count / 1e6, 1) == printed and count == exact
             all_match &= ok
             cells.append(f"{count / 1e6:.3f} / {printed:.1f} / {'yes' if ok else 'NO'} ({count:,})")

@@ -31,11 +31,17 @@ CASES = [
 ]
 
 
+# Inputs that reach every lowering: thin (taps stacked on channels), wide (a 2D convolution per
+# tap), and tiny frames (im2col; also a window larger than the frame).
+INPUTS = {"thin": (2, 7, 9, 10, 5), "wide": (1, 6, 8, 7, 24), "tiny": (2, 3, 2, 2, 8)}
+
+
+@pytest.mark.parametrize("input_name", sorted(INPUTS))
 @pytest.mark.parametrize("kernel_shape,strides,padding", CASES)
-def test_lowerings_equal_plain_3d_convolution(kernel_shape, strides, padding):
+def test_lowerings_equal_plain_3d_convolution(kernel_shape, strides, padding, input_name):
     kx, kk = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (2, 7, 9, 10, 5))
-    kernel = jax.random.normal(kk, kernel_shape + (5, 6))
+    x = jax.random.normal(kx, INPUTS[input_name])
+    kernel = jax.random.normal(kk, kernel_shape + (x.shape[-1], 6))
     plain = lax.conv_general_dilated(x, kernel, strides, padding,
                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
                                      precision=lax.Precision.HIGHEST)

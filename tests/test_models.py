@@ -117,7 +117,7 @@ def test_forward_train_and_eval_at_tiny_width(name):
 def test_eval_mode_uses_running_averages_and_train_mode_batch_statistics():
     model = models.create("semi_resnet18", num_classes=5, width=1 / 16)
     clip = jax.random.normal(jax.random.key(0), (4, 4, 32, 32, 3))
-    variables = model.init(jax.random.key(1), clip)
+    variables = numpy_init(models.abstract_variables(model, clip.shape))
     other = clip.at[1:].set(jax.random.normal(jax.random.key(3), (3, 4, 32, 32, 3)) * 5)
     eval_a, eval_b = model.apply(variables, clip), model.apply(variables, other)
     np.testing.assert_allclose(eval_a[0], eval_b[0], rtol=1e-5, atol=1e-6)  # examples independent
@@ -132,12 +132,13 @@ def test_batchnorm_synchronises_over_axis_name():
     clip = jax.random.normal(jax.random.key(0), (4, 4, 32, 32, 3)) * 2 + 1
     plain = models.create("resnet18_3d", num_classes=3, width=1 / 16)
     synced = models.create("resnet18_3d", num_classes=3, width=1 / 16, axis_name="batch")
-    variables = plain.init(jax.random.key(1), clip)
+    variables = numpy_init(models.abstract_variables(plain, clip.shape))
     whole_logits, whole = plain.apply(variables, clip, train=True, mutable=["batch_stats"])
     step = jax.pmap(lambda v, x: synced.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch",
                     in_axes=(None, 0))
     shard_logits, shards = step(variables, clip.reshape(2, 2, *clip.shape[1:]))
-    np.testing.assert_allclose(shard_logits.reshape(4, 3), whole_logits, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(shard_logits.reshape(4, 3), whole_logits, rtol=1e-3,
+                               atol=1e-3 * float(jnp.abs(whole_logits).max()))
     jax.tree.map(lambda s, w: np.testing.assert_allclose(s[0], w, rtol=2e-4, atol=1e-5),
                  shards["batch_stats"], whole["batch_stats"])
 
@@ -146,7 +147,7 @@ def test_bfloat16_computation_keeps_float32_parameters():
     clip = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
     f32 = models.create("semi_resnet18", num_classes=5, width=1 / 8)
     bf16 = models.create("semi_resnet18", num_classes=5, width=1 / 8, dtype="bfloat16")
-    variables = bf16.init(jax.random.key(1), clip)
+    variables = numpy_init(models.abstract_variables(bf16, clip.shape))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
     out16, out32 = bf16.apply(variables, clip), f32.apply(variables, clip)
     assert out16.dtype == jnp.float32
@@ -155,7 +156,7 @@ def test_bfloat16_computation_keeps_float32_parameters():
 
 def test_predict_fn_any_batch_size_and_dtype():
     model = models.create("semi_resnet18", num_classes=6, width=1 / 16)
-    variables = model.init(jax.random.key(1), jnp.zeros((1, 4, 32, 32, 3)))
+    variables = numpy_init(models.abstract_variables(model, (1, 4, 32, 32, 3)))
     for dtype in (None, jnp.bfloat16):
         predict = inference.make_predict_fn(model, dtype=dtype)
         for batch in (1, 3):
@@ -183,6 +184,6 @@ def test_unknown_name_and_option_are_refused_with_the_valid_ones():
 def test_wrong_clip_shape_and_too_small_clip_are_refused():
     model = models.create("semi_resnet18", width=1 / 16)
     with pytest.raises(ValueError, match=r"\[N, T, H, W, 3\], got \(2, 32, 32, 3\)"):
-        model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+        models.abstract_variables(model, (2, 32, 32, 3))
     with pytest.raises(ValueError, match="clip too small"):
-        models.create("c3d", width=1 / 16).init(jax.random.key(0), jnp.zeros((1, 2, 32, 32, 3)))
+        models.abstract_variables(models.create("c3d", width=1 / 16), (1, 2, 32, 32, 3))

@@ -73,22 +73,32 @@ def test_accumulated_update_on_two_devices_equals_one_update_on_the_whole_batch(
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), accumulated, whole)
 
 
-class _SigtermAt:
-    """Wraps a source so that the process receives SIGTERM when batch ``at`` is handed out."""
+class _Hooked:
+    """Wraps a source; ``hook(n, batch)`` sees (and may replace) the n-th training batch (from 1)."""
 
-    def __init__(self, source, at):
-        self.source, self.at, self.count = source, at, 0
+    def __init__(self, source, hook):
+        self.source, self.hook, self.count = source, hook, 0
         self.info = source.info
 
     def train_batches(self, *args):
         for batch in self.source.train_batches(*args):
             self.count += 1
-            if self.count == self.at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
+            yield self.hook(self.count, batch)
 
     def eval_batches(self, *args):
         return self.source.eval_batches(*args)
+
+
+def sigterm_at(at):
+    def hook(n, batch):
+        if n == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+    return hook
+
+
+def nan_after(after):
+    return lambda n, batch: dict(batch, video=np.full_like(batch["video"], np.nan)) if n > after else batch
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -97,7 +107,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert int(uninterrupted.step) == 16
 
     create = pipeline.create
-    monkeypatch.setattr(pipeline, "create", lambda c: _SigtermAt(create(c), at=5))
+    monkeypatch.setattr(pipeline, "create", lambda c: _Hooked(create(c), sigterm_at(5)))
     stopped = train.train_and_evaluate(config, str(tmp_path / "killed"))
     assert int(stopped.step) == 5 and int(stopped.epoch) == 0  # mid-epoch, mid-accumulation
     monkeypatch.setattr(pipeline, "create", create)
@@ -107,27 +117,11 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, uninterrupted.batch_stats)
 
 
-class _NaNAfter:
-    def __init__(self, source, after):
-        self.source, self.after, self.count = source, after, 0
-        self.info = source.info
-
-    def train_batches(self, *args):
-        for batch in self.source.train_batches(*args):
-            self.count += 1
-            if self.count > self.after:
-                batch = dict(batch, video=np.full_like(batch["video"], np.nan))
-            yield batch
-
-    def eval_batches(self, *args):
-        return self.source.eval_batches(*args)
-
-
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(num_epochs=3)
     workdir = str(tmp_path / "run")
     create = pipeline.create
-    monkeypatch.setattr(pipeline, "create", lambda c: _NaNAfter(create(c), after=10))
+    monkeypatch.setattr(pipeline, "create", lambda c: _Hooked(create(c), nan_after(10)))
     with pytest.raises(train.NonFiniteLossError, match="loss became nan"):
         train.train_and_evaluate(config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]  # epoch 1's, nothing after
@@ -175,7 +169,7 @@ def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
     cmd = [sys.executable, "-m", "semicnn_jax.main", f"--workdir={workdir}", "--config=experiments/demo.py",
            "--config.model.width=0.0625", "--config.num_frames=4", "--config.crop_size=32",
            "--config.dataset.train_size=32", "--config.dataset.eval_size=8", "--config.num_epochs=1",
-           "--config.per_device_batch_size=4", "--config.log_every_steps=2"]
+           "--config.per_device_batch_size=4", "--config.accumulation_steps=2", "--config.log_every_steps=2"]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
