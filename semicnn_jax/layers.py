@@ -185,7 +185,7 @@ def max_pool(x: Array, window: Triple, strides: Triple, padding: Any = 0) -> Arr
             continue
         dims, steps, pads = [1] * 5, [1] * 5, [(0, 0)] * 5
         dims[axis], steps[axis], pads[axis] = k, s, p
-        y = lax.reduce_window(y, jnp.array(-jnp.inf, y.dtype), lax.max, dims, steps, pads)
+        y = lax.reduce_window(y, -jnp.inf, lax.max, dims, steps, pads)
     return _nonempty(x, y, window)
 
 

@@ -111,3 +111,15 @@ def test_frames_to_channels_is_frame_major():
     assert stacked.shape == (2, 1, 2, 2, 9)
     for t, c in itertools.product(range(3), range(3)):
         np.testing.assert_array_equal(stacked[:, 0, :, :, 3 * t + c], clip[:, t, :, :, c])
+
+
+def test_separable_max_pool_value_and_gradient_equal_one_3d_window():
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(3), (2, 5, 7, 7, 3))
+    reference = lambda x: nn.max_pool(x, (3, 3, 3), (2, 2, 2), ((1, 1),) * 3)
+    ours = lambda x: layers.max_pool(x, (3, 3, 3), (2, 2, 2), (1, 1, 1))
+    np.testing.assert_array_equal(ours(x), reference(x))
+    weights = jax.random.normal(jax.random.key(4), reference(x).shape)
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
+    np.testing.assert_allclose(grad(ours), grad(reference), rtol=1e-6, atol=1e-6)
