@@ -187,3 +187,13 @@ def test_wrong_clip_shape_and_too_small_clip_are_refused():
         models.abstract_variables(model, (2, 32, 32, 3))
     with pytest.raises(ValueError, match="clip too small"):
         models.abstract_variables(models.create("c3d", width=1 / 16), (1, 2, 32, 32, 3))
+
+
+def test_tables_params_command_reports_every_family_reproduced(capsys):
+    from semicnn_jax import tables
+
+    assert tables.main(["tables", "params"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("all reproduced") and "NO" not in out
+    assert all(f"| {family} |" in out for family in paper.FAMILIES)
+    assert tables.main(["tables", "flops"]) == 2
