@@ -52,8 +52,6 @@ class TrainState(struct.PyTreeNode):
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Refuses a bad config before any work starts, naming the key and value at fault."""
     models.create(config.model.name, num_classes=2, **model_options(config))  # name and options
-    if config.dataset.name not in pipeline.SOURCES:
-        raise ValueError(f"dataset.name={config.dataset.name!r} is unknown; valid: {', '.join(pipeline.SOURCES)}")
     for key in ("per_device_batch_size", "accumulation_steps", "num_epochs", "num_frames", "crop_size"):
         if not (isinstance(config[key], int) and config[key] > 0):
             raise ValueError(f"config.{key} must be a positive int, got {config[key]!r}")
@@ -67,6 +65,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          f"{config.learning_rate}, {config.plateau_factor}, {config.plateau_patience}")
     if config.init_from and not os.path.exists(config.init_from):
         raise ValueError(f"config.init_from={config.init_from!r}: no such file")
+    pipeline.validate(config)  # last: it may read the dataset's index files
 
 
 def model_options(config) -> dict:
@@ -140,7 +139,12 @@ def train_step(state: TrainState, batch: dict, *, model, tx) -> tuple[TrainState
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, video, train=True,
                                       mutable=["batch_stats"], rngs={"dropout": rng})
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        # Mean over the valid examples of all devices (mask False: an example that could not be read);
+        # scaled by the device count because the gradients are averaged with pmean.
+        mask = batch["mask"].astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        valid = jnp.maximum(jax.lax.psum(jnp.sum(mask), AXIS), 1.0)
+        loss = jnp.sum(loss * mask) * jax.lax.psum(1.0, AXIS) / valid
         return loss, (logits, updates.get("batch_stats", {}))
 
     (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -154,10 +158,12 @@ def train_step(state: TrainState, batch: dict, *, model, tx) -> tuple[TrainState
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model) -> tuple[dict, jax.Array]:
+    """Clip metrics summed over ``AXIS`` and this device's clip probabilities (for video scores)."""
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          normalize(batch["video"]), train=False)
-    return jax.lax.psum(classification_metrics(logits, batch["label"], batch["mask"]), AXIS)
+    sums = jax.lax.psum(classification_metrics(logits, batch["label"], batch["mask"]), AXIS)
+    return sums, jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def data_parallel(step_fn: Callable, donate_state: bool = False) -> Callable:
@@ -188,12 +194,33 @@ def averages(sums: dict) -> dict:
             "top5": float(sums["top5"]) / count}
 
 
+def video_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-1/top-5 of per-video summed clip probabilities ``scores[V, C]``; label -1 = no clip seen."""
+    seen = labels >= 0
+    ranked = np.argsort(-scores[seen], axis=-1, kind="stable")[:, :5]
+    hits = ranked == labels[seen, None]
+    count = max(int(seen.sum()), 1)
+    return {"video_top1": float(hits[:, 0].sum()) / count, "video_top5": float(hits.any(-1).sum()) / count}
+
+
 def evaluate(p_eval_step, state, source, global_batch: int) -> dict:
+    """Clip-level loss/top-1/top-5 and video-level top-1/top-5 (softmax averaged over each video's clips)."""
+    num_videos, num_classes = source.info.num_eval, source.info.num_classes
+    scores = np.zeros((num_videos, num_classes), np.float64)
+    labels = np.full(num_videos, -1, np.int64)
     total = None
     for batch in source.eval_batches(global_batch):
-        sums = p_eval_step(state, shard(batch))
+        sums, probs = p_eval_step(state, shard(batch))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return averages(unreplicate(total))
+        keep = np.asarray(batch["mask"], bool)
+        videos = np.asarray(batch["video_index"])[keep]
+        np.add.at(scores, videos, np.asarray(probs).reshape(-1, num_classes)[keep])
+        labels[videos] = np.asarray(batch["label"])[keep]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        scores = np.asarray(multihost_utils.process_allgather(scores)).sum(0)
+        labels = np.asarray(multihost_utils.process_allgather(labels)).max(0)
+    return dict(averages(unreplicate(total)), **video_metrics(scores, labels))
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -335,6 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     return unreplicate(state)
             train = averages(unreplicate(train_sums)) if train_sums is not None else {}
             evaluation = evaluate(p_eval_step, state, source, global_batch)
+            skipped = len(source.skipped_files())
             _check_finite(evaluation["loss"], step)
             plateau_state = optim.plateau_step(plateau_tx, unreplicate(state).plateau_state, evaluation["loss"])
             state = state.replace(epoch=state.epoch + 1, plateau_state=replicate(plateau_state))
@@ -343,11 +371,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             scalars.update({f"train/{k}": v for k, v in train.items() if k != "top5"})
             scalars["learning_rate"] = lr
             writer.write_scalars(step, scalars)
-            append_metrics_line(workdir, dict(scalars, epoch=epoch + 1, step=step))
-            logging.info("epoch %d/%d step %d: train loss %.4f top1 %.2f%% | eval loss %.4f top1 %.2f%% "
-                         "top5 %.2f%% | lr %.3g", epoch + 1, config.num_epochs, step, train.get("loss", np.nan),
+            append_metrics_line(workdir, dict(scalars, epoch=epoch + 1, step=step, skipped_files=skipped))
+            logging.info("epoch %d/%d step %d: train loss %.4f top1 %.2f%% | eval loss %.4f clip top1 %.2f%% "
+                         "top5 %.2f%% | video top1 %.2f%% top5 %.2f%% | lr %.3g | %d unreadable files skipped",
+                         epoch + 1, config.num_epochs, step, train.get("loss", np.nan),
                          100 * train.get("top1", np.nan), evaluation["loss"], 100 * evaluation["top1"],
-                         100 * evaluation["top5"], lr)
+                         100 * evaluation["top5"], 100 * evaluation["video_top1"], 100 * evaluation["video_top5"],
+                         lr, skipped)
             if (epoch + 1) % config.get("checkpoint_every_epochs", 1) == 0 or epoch + 1 == config.num_epochs:
                 save(state, {"eval_top1": evaluation["top1"], "eval_loss": evaluation["loss"]})
     finally:

@@ -178,7 +178,8 @@ def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
     events = event_accumulator.EventAccumulator(str(workdir))
     events.Reload()
     tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
-    assert {"train/loss", "train/top1", "eval/loss", "eval/top1", "eval/top5", "learning_rate"} <= tags
+    assert {"train/loss", "train/top1", "eval/loss", "eval/top1", "eval/top5", "eval/video_top1",
+            "eval/video_top5", "learning_rate"} <= tags
 
 
 def test_frozen_pretrained_parameters_stay_bit_identical(tmp_path):
@@ -204,3 +205,64 @@ def test_frozen_pretrained_parameters_stay_bit_identical(tmp_path):
     trained_same = [s for s, m in zip(jax.tree.leaves(same), jax.tree.leaves(mask)) if not m]
     assert len(frozen_same) > 0 and all(frozen_same)
     assert not any(trained_same)  # every other parameter moved
+
+
+class _ClipsOfVideos:
+    """Eval source of 3 videos (classes 0, 1, 2) cut into 3, 2 and 1 clips, in batches of 4 (padded)."""
+
+    def __init__(self, probs):
+        self.info = pipeline.DatasetInfo("fake", ("a", "b", "c", "d", "e", "f"), 0, 3)
+        self.probs = probs  # [6 clips, 6 classes]
+
+    def eval_batches(self, global_batch):
+        videos = np.array([0, 0, 0, 1, 1, 2, 2, 2])  # the last two rows are padding
+        labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+        mask = np.arange(8) < 6
+        probs = np.concatenate([self.probs, self.probs[-1:], self.probs[-1:]])
+        for s in (slice(0, 4), slice(4, 8)):
+            yield {"video": probs[s], "label": labels[s], "mask": mask[s], "video_index": videos[s]}
+
+
+def test_video_accuracy_averages_clip_probabilities_per_video():
+    """Video 0 is wrong on 2 of its 3 clips but right on average; video 1 right on 1 of 2 clips but
+    wrong on average; video 2 (1 clip) right. Clip top-1: 3/6; video top-1: 2/3."""
+    probs = np.array([[0.30, 0.35, 0.35, 0, 0, 0],   # video 0, label 0: clip wrong
+                      [0.30, 0.00, 0.70, 0, 0, 0],   #                    clip wrong
+                      [0.90, 0.10, 0.00, 0, 0, 0],   #                    clip right; mean -> 0
+                      [0.10, 0.60, 0.30, 0, 0, 0],   # video 1, label 1: clip right
+                      [0.00, 0.10, 0.90, 0, 0, 0],   #                    clip wrong; mean -> 2
+                      [0.00, 0.00, 0.80, 0.1, 0.05, 0.05]], np.float32)  # video 2, label 2: right
+    logits = np.log(np.maximum(probs, 1e-30))
+
+    def fake_eval_step(state, batch):  # sharded logits in, as a pmapped model would produce them
+        x = jnp.asarray(batch["video"])
+        flat = lambda a: jnp.reshape(a, (-1,) + a.shape[2:])
+        sums = train.classification_metrics(flat(x), flat(batch["label"]), flat(batch["mask"]))
+        return train.replicate(sums), jax.nn.softmax(x, axis=-1)
+
+    result = train.evaluate(fake_eval_step, None, _ClipsOfVideos(logits), 4)
+    assert result["top1"] == pytest.approx(3 / 6)
+    assert result["video_top1"] == pytest.approx(2 / 3)
+    assert result["video_top5"] == pytest.approx(1.0)
+
+
+def test_unreadable_examples_do_not_count_in_the_training_loss():
+    """An example with mask False (e.g. a corrupt video) has no effect on the gradient."""
+    config = tiny_config(**{"model.name": "c3d", "model.options": {"dropout_rate": 0.0}, "accumulation_steps": 1})
+    config.num_frames = 16
+    model = train.create_model(config, num_classes=8)
+    variables = train.init_variables(config, model, (1, 16, 32, 32, 3))
+    tx = train.create_optimizer(config)
+    state = train.replicate(train.initial_state(config, variables, tx))
+    step = train.data_parallel(functools.partial(train.train_step, model=model, tx=tx))
+    rng = np.random.default_rng(1)
+    video = rng.uniform(size=(4, 16, 32, 32, 3)).astype(np.float32)
+    label = np.array([1, 2, 3, 4], np.int32)
+    garbage = dict(video=np.concatenate([video[:2], rng.uniform(size=(2, 16, 32, 32, 3)).astype(np.float32)]),
+                   label=np.array([1, 2, 7, 7], np.int32))
+    first, _ = step(state, train.shard({"video": video, "label": label, "mask": np.array([1, 1, 0, 0], bool)}))
+    second, _ = step(state, train.shard(dict(garbage, mask=np.array([1, 1, 0, 0], bool))))
+    clean, _ = step(state, train.shard(dict(garbage, mask=np.ones(4, bool))))
+    same = jax.tree.map(np.array_equal, first.params, second.params)
+    assert all(jax.tree.leaves(same))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, first.params, clean.params)))

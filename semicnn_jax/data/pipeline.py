@@ -2,7 +2,10 @@
 
 A source yields host batches ``{'video': [B, T, H, W, 3], 'label': int32[B], 'mask': bool[B]}``
 for this process's share of each global batch; ``video`` is uint8 in [0, 255] or float32 in
-[0, 1] (normalisation runs on the device, inside the jitted step). Training order is a pure
+[0, 1] (normalisation runs on the device, inside the jitted step); ``mask`` is False for padding
+and for examples that could not be read. Evaluation batches also carry ``video_index: int32[B]``
+(which of the ``info.num_eval`` evaluation videos a clip comes from): clip scores averaged per
+video give the video-level accuracy. Training order is a pure
 function of (seed, epoch), so a resumed run starts an epoch at any step and sees exactly the
 examples the interrupted run would have seen.
 """
@@ -25,8 +28,8 @@ SOURCES = ("synthetic_motion",)
 class DatasetInfo:
     name: str
     class_names: tuple[str, ...]
-    num_train: int
-    num_eval: int
+    num_train: int  # training examples (videos)
+    num_eval: int  # evaluation videos
 
     @property
     def num_classes(self) -> int:
@@ -39,6 +42,10 @@ class Source(Protocol):
     def train_batches(self, epoch: int, start_step: int, global_batch: int) -> Iterator[dict]: ...
 
     def eval_batches(self, global_batch: int) -> Iterator[dict]: ...
+
+    def skipped_files(self) -> dict[str, str]:
+        """Unreadable files met so far (path -> reason), cumulative."""
+        ...
 
 
 def process_slice(global_batch: int) -> slice:
@@ -88,7 +95,16 @@ class SyntheticMotion:
         rows = process_slice(global_batch)
         for idx, mask in eval_index_batches(self.info.num_eval, global_batch):
             video, label = self._render(self.eval_seed, idx[rows])
-            yield {"video": video, "label": label, "mask": mask[rows]}
+            yield {"video": video, "label": label, "mask": mask[rows], "video_index": idx[rows].astype(np.int32)}
+
+    def skipped_files(self) -> dict[str, str]:
+        return {}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses an unknown ``dataset.name`` (or missing dataset files) before any work starts."""
+    if config.dataset.name not in SOURCES:
+        raise ValueError(f"dataset.name={config.dataset.name!r} is unknown; valid: {', '.join(SOURCES)}")
 
 
 def create(config: ml_collections.ConfigDict) -> Source:
