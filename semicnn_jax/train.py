@@ -16,6 +16,7 @@ import signal
 from typing import Any, Callable
 
 import flax
+import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,6 +31,7 @@ from semicnn_jax import models, optim
 from semicnn_jax.data import pipeline
 
 AXIS = "batch"
+PREFETCH = 2  # batches copied to the devices ahead of the step that needs them
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -238,7 +240,7 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 
 
 def run_record(config, info: pipeline.DatasetInfo) -> dict:
-    return {"model": config.model.name, "model_options": {k: str(v) for k, v in model_options(config).items()},
+    return {"model": config.model.name, "model_options": model_options(config),
             "num_classes": info.num_classes, "class_names": list(info.class_names),
             "num_frames": config.num_frames, "crop_size": config.crop_size, "dataset": config.dataset.name}
 
@@ -250,7 +252,7 @@ def check_or_write_run_record(workdir: str, record: dict) -> None:
         with open(path) as f:
             previous = json.load(f)
         keys = ("model", "model_options", "num_classes")
-        if any(previous.get(k) != record[k] for k in keys):
+        if any(json.dumps(previous.get(k), sort_keys=True) != json.dumps(record[k], sort_keys=True) for k in keys):
             raise ValueError(f"{workdir} holds a run of model {previous.get('model')!r} "
                              f"({ {k: previous.get(k) for k in keys[1:]} }); this config trains "
                              f"{record['model']!r} ({ {k: record[k] for k in keys[1:]} }). "
@@ -302,6 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     source = pipeline.create(config)
     info = source.info
     check_or_write_run_record(workdir, run_record(config, info))
+    if jax.process_index() == 0:  # this start's full config, overrides included
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
     per_device = per_device_batch(config)
@@ -344,8 +349,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         step = start_step
         for epoch in range(int(unreplicate(state).epoch), config.num_epochs):
             train_sums = None
-            for batch in source.train_batches(epoch, step - epoch * steps_per_epoch, global_batch):
-                state, sums = p_train_step(state, shard(batch))
+            batches = source.train_batches(epoch, step - epoch * steps_per_epoch, global_batch)
+            for batch in flax.jax_utils.prefetch_to_device(map(shard, batches), PREFETCH):
+                state, sums = p_train_step(state, batch)
                 step += 1
                 train_sums = sums if train_sums is None else jax.tree.map(jnp.add, train_sums, sums)
                 report(step)

@@ -10,3 +10,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 # Each train_and_evaluate call builds fresh step functions; a per-run cache spares recompiling them.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="semicnn_jax_tests_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+# torchvision's import pulls in triton, which segfaults if TensorFlow (loaded by clu's TensorBoard
+# writer and by tensorflow-datasets) was imported first; importing it first avoids that.
+import torchvision  # noqa: E402,F401

@@ -85,8 +85,8 @@ class _Hooked:
             self.count += 1
             yield self.hook(self.count, batch)
 
-    def eval_batches(self, *args):
-        return self.source.eval_batches(*args)
+    def __getattr__(self, name):  # everything else: the wrapped source's
+        return getattr(self.source, name)
 
 
 def sigterm_at(at):
@@ -107,7 +107,9 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert int(uninterrupted.step) == 16
 
     create = pipeline.create
-    monkeypatch.setattr(pipeline, "create", lambda c: _Hooked(create(c), sigterm_at(5)))
+    # SIGTERM while batch 6 is being loaded: with batches prefetched to the devices ahead of the step,
+    # step 5 is the one in flight.
+    monkeypatch.setattr(pipeline, "create", lambda c: _Hooked(create(c), sigterm_at(5 + train.PREFETCH - 1)))
     stopped = train.train_and_evaluate(config, str(tmp_path / "killed"))
     assert int(stopped.step) == 5 and int(stopped.epoch) == 0  # mid-epoch, mid-accumulation
     monkeypatch.setattr(pipeline, "create", create)
