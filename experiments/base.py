@@ -27,9 +27,14 @@ def get_config(model_name: str = "semi_resnet18") -> ml_collections.ConfigDict:
     config.model.options = ml_collections.ConfigDict()  # e.g. head, reading, dropout_rate
 
     config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "ucf101"
-    config.dataset.data_dir = ""
+    config.dataset.name = "ucf101"  # or "tfds:ucf101/ucf101_1_256" (prepared under data_dir), "synthetic_motion"
+    config.dataset.data_dir = ""  # the official release: UCF-101/ and ucfTrainTestlist/ (or the TFDS data_dir)
     config.dataset.split = 1
+    config.dataset.prepared_dir = ""  # the output of `python -m semicnn_jax.data.prepare` (faster to read)
+    config.dataset.workers = -1  # loader processes per JAX process; -1: one per core, 0: in this process
+    config.dataset.prefetch = 2  # batches buffered per worker
+    config.dataset.skip_missing = False  # True: videos named in the split lists but absent are skipped
+    config.dataset.shuffle_buffer = 256  # TFDS only: videos in the seeded shuffle buffer
 
     config.num_frames = 16
     config.crop_size = 224

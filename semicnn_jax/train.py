@@ -389,6 +389,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     finally:
         preempted.restore()
         writer.flush()
+        if hasattr(source, "close"):  # loader worker processes
+            source.close()
     return unreplicate(state)
 
 

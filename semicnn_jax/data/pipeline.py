@@ -21,7 +21,9 @@ import numpy as np
 
 from semicnn_jax.data import synthetic_motion
 
-SOURCES = ("synthetic_motion",)
+# "tfds:" + a TFDS name with its config, e.g. "tfds:ucf101/ucf101_1_256" (prepared under dataset.data_dir).
+SOURCES = ("synthetic_motion", "ucf101", "tfds:ucf101/<config>")
+TFDS_PREFIX = "tfds:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +104,18 @@ class SyntheticMotion:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Refuses an unknown ``dataset.name`` (or missing dataset files) before any work starts."""
-    if config.dataset.name not in SOURCES:
-        raise ValueError(f"dataset.name={config.dataset.name!r} is unknown; valid: {', '.join(SOURCES)}")
+    """Refuses an unknown ``dataset.name`` or missing dataset files before any work starts (ValueError
+    naming the path or key)."""
+    name = config.dataset.name
+    if name == "synthetic_motion":
+        return
+    if name == "ucf101":
+        from semicnn_jax.data import ucf101
+        return ucf101.validate(config)
+    if name.startswith(TFDS_PREFIX):
+        from semicnn_jax.data import tfds_source
+        return tfds_source.validate(config)
+    raise ValueError(f"dataset.name={name!r} is unknown; valid: {', '.join(SOURCES)}")
 
 
 def create(config: ml_collections.ConfigDict) -> Source:
@@ -112,4 +123,10 @@ def create(config: ml_collections.ConfigDict) -> Source:
     name = config.dataset.name
     if name == "synthetic_motion":
         return SyntheticMotion(config)
-    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(SOURCES)}")
+    if name == "ucf101":
+        from semicnn_jax.data import ucf101
+        return ucf101.UCF101(config)
+    if name.startswith(TFDS_PREFIX):
+        from semicnn_jax.data import tfds_source
+        return tfds_source.TFDSVideos(config)
+    raise ValueError(f"dataset.name={name!r} is unknown; valid: {', '.join(SOURCES)}")

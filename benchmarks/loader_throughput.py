@@ -1,0 +1,141 @@
+"""Training-loader throughput (clips/s) at 16x224x224: the .avi release against its prepared copy.
+
+    python benchmarks/loader_throughput.py                  # 24 videos of 150 frames, workers 1 and 2
+    python benchmarks/loader_throughput.py --videos 48 --batches 24 --workers 1,2,4
+
+Writes a fake release (official layout, 320x240 MPEG-4 .avi at ~600 kbit/s like UCF-101, detailed
+panning content) twice: with a keyframe every 12 frames (FFmpeg's default) and every 250 (a long-GOP
+encoder such as Xvid's default; how often UCF-101's files have keyframes varies); then prepares the
+second with ``semicnn_jax.data.prepare``. For each format it reports
+
+* per core: clips/s of one training example built in this process, from CPU time (robust to other
+  jobs on the machine), split into decoding (``video.read_clip``) and crop + resize + flip;
+* the loader: clips/s of ``UCF101.train_batches`` (grain workers, batch 8) after a warm-up, wall
+  clock, and that rate per worker.
+
+The machine's load average is printed: on a shared machine, wall-clock rates with as many workers as
+cores mostly measure the other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+import fake_ucf101  # noqa: E402  (the test helper that writes releases)
+from experiments import base  # noqa: E402
+from semicnn_jax.data import pipeline, prepare, ucf101, video  # noqa: E402
+
+CLASSES = ("ApplyEyeMakeup", "Basketball", "HandstandPushups", "YoYo")
+
+
+def write_release(root: str, videos: int, frames: int, keyframe_every: int) -> None:
+    names = []
+    for i in range(videos):
+        cls = CLASSES[i % len(CLASSES)]
+        name = fake_ucf101.ucf_name(cls, 8 + i // len(CLASSES), 1)
+        fake_ucf101.write_video(os.path.join(root, "UCF-101", name), fake_ucf101.textured_frames(i, frames),
+                                gop_size=keyframe_every, bit_rate=600_000)
+        names.append((name, i % len(CLASSES)))
+    lists = os.path.join(root, "ucfTrainTestlist")
+    os.makedirs(lists, exist_ok=True)
+    with open(os.path.join(lists, "classInd.txt"), "w") as f:
+        f.writelines(f"{i + 1} {c}\n" for i, c in enumerate(CLASSES))
+    with open(os.path.join(lists, "trainlist01.txt"), "w") as f:
+        f.writelines(f"{n} {y + 1}\n" for n, y in names)
+    with open(os.path.join(lists, "testlist01.txt"), "w") as f:
+        f.writelines(f"{n}\n" for n, _ in names[:2])
+
+
+def config_for(data_dir: str, prepared_dir: str, workers: int, args):
+    config = base.get_config("semi_resnet18")
+    config.dataset.data_dir, config.dataset.prepared_dir, config.dataset.workers = data_dir, prepared_dir, workers
+    config.num_frames, config.crop_size, config.num_epochs = args.num_frames, args.crop, 10_000
+    return config
+
+
+def per_core(source, clips: int, args) -> tuple[float, float]:
+    """(decode, crop+resize+flip) CPU seconds per training clip, built in this process."""
+    decode = augment = 0.0
+    for i in range(clips):
+        row = source.release.train[i % len(source.release.train)]
+        params = video.train_params(np.random.default_rng([0, 0, i]))
+        start = time.process_time()
+        frames = video.read_clip(row[0], args.num_frames, params["position"])
+        middle = time.process_time()
+        video.train_clip(frames, params, args.crop)
+        decode, augment = decode + middle - start, augment + time.process_time() - middle
+    return decode / clips, augment / clips
+
+
+def loader_rate(source, args) -> float:
+    """Wall-clock clips/s of the training loader after ``args.warmup`` batches."""
+    steps = source.info.num_train // args.batch
+    batches = (b for epoch in range(10_000) for b in source.train_batches(epoch, 0, args.batch))
+    for _ in range(args.warmup):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        assert next(batches)["video"].shape == (args.batch, args.num_frames, args.crop, args.crop, 3)
+    rate = args.batches * args.batch / (time.perf_counter() - start)
+    source.close()
+    return rate if steps else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per loader measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--num_frames", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--dir", default="", help="where to write the videos (default: a temporary folder)")
+    args = parser.parse_args()
+    root = args.dir or tempfile.mkdtemp(prefix="loader_throughput_")
+    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} cores; videos in {root}")
+    formats = {}
+    for keyframe_every in (12, 250):
+        data_dir = os.path.join(root, f"avi_k{keyframe_every}")
+        if not os.path.exists(os.path.join(data_dir, "ucfTrainTestlist")):
+            write_release(data_dir, args.videos, args.frames, keyframe_every)
+        formats[f".avi, keyframe every {keyframe_every}"] = (data_dir, "")
+    prepared = os.path.join(root, "prepared")
+    if not os.path.exists(os.path.join(prepared, ucf101.PREPARED_INDEX)):
+        prepare.prepare(formats[".avi, keyframe every 250"][0], prepared, workers=1, keyframe_every=args.num_frames)
+    formats["prepared (MPEG-4, keyframe every 16)"] = (formats[".avi, keyframe every 250"][0], prepared)
+
+    def size(folder):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".avi"))
+
+    rows = []
+    for name, (data_dir, prepared_dir) in formats.items():
+        kib = size(prepared_dir or os.path.join(data_dir, "UCF-101")) / 1024 / (args.videos * args.frames)
+        source = pipeline.create(config_for(data_dir, prepared_dir, 0, args))
+        decode, augment = per_core(source, 3 * args.videos // 2, args)
+        row = [name, f"{kib:.1f}", f"{1000 * decode:.1f}", f"{1000 * augment:.1f}", f"{1 / (decode + augment):.0f}"]
+        for workers in (int(w) for w in args.workers.split(",")):
+            rate = loader_rate(pipeline.create(config_for(data_dir, prepared_dir, workers, args)), args)
+            row.append(f"{rate:.0f} ({rate / workers:.0f}/worker)")
+        rows.append(row)
+    header = ["format", "KiB/frame", "decode ms/clip", "crop+resize ms/clip", "clips/s/core (CPU time)"]
+    header += [f"loader, {w} worker(s), clips/s" for w in args.workers.split(",")]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print(f"\n{args.num_frames}x{args.crop}x{args.crop} training clips, batch {args.batch}, "
+          f"{args.videos} videos of {args.frames} frames at 320x240")
+    for r in [header, ["-" * w for w in widths]] + rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""One-time preparation: re-encodes every video of a UCF-101 release for fast random clip access.
+
+    python -m semicnn_jax.data.prepare --data_dir=/data/UCF101 --out=/data/UCF101_prepared
+    # then train with --config.dataset.prepared_dir=/data/UCF101_prepared (data_dir stays the release)
+
+Each video becomes MPEG-4 part 2 (the codec of the release; the fastest to decode of those PyAV
+writes) in AVI, at its own size and frame rate, near-losslessly (fixed quantiser 2), with a keyframe
+every ``--keyframe_every`` frames: a random 16-frame clip then decodes at most 31 frames instead of
+everything since the release's last keyframe, and evaluation clips start on keyframes. The exact
+frame count of each video goes to ``index.json`` (written last, so its presence means "finished"),
+which also names the videos that could not be decoded. Rerunning skips the videos already written.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import time
+
+import av
+import numpy as np
+from absl import app, flags, logging
+
+from semicnn_jax.data import loader, ucf101, video
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined only when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("data_dir", None, "The official release: UCF-101/ and ucfTrainTestlist/.")
+    flags.DEFINE_string("out", None, "Output folder (then config.dataset.prepared_dir).")
+    flags.DEFINE_integer("workers", 0, "Processes (0: one per core).")
+    flags.DEFINE_integer("keyframe_every", 16, "Keyframe interval (config.num_frames is a good choice).")
+    flags.DEFINE_integer("quantizer", 2, "MPEG-4 quantiser, 2 (best) .. 31.")
+    flags.mark_flags_as_required(["data_dir", "out"])
+
+
+def encode(frames: np.ndarray, path: str, fps, keyframe_every: int = 16, quantizer: int = 2) -> None:
+    """Writes RGB ``uint8 [T, H, W, 3]`` as MPEG-4 part 2 in AVI (atomically: a temporary file, then rename)."""
+    tmp = path + ".tmp.avi"
+    height, width = frames.shape[1:3]
+    with av.open(tmp, "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps, options={"qmin": str(quantizer), "qmax": str(quantizer)})
+        stream.width, stream.height = width - width % 2, height - height % 2  # yuv420p needs even sizes
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 100_000_000  # the quantiser, not a bit budget, sets the quality
+        stream.codec_context.gop_size = keyframe_every
+        stream.codec_context.thread_count = 1
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:stream.height, :stream.width]), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+
+
+def prepare_one(src: str, dst: str, keyframe_every: int, quantizer: int) -> dict:
+    """``{"frames": T}`` after writing ``dst`` (kept if already there), or ``{"error": reason}``."""
+    try:
+        if os.path.exists(dst):
+            return {"frames": len(video.read_video(dst))}
+        frames = video.read_video(src)
+        with av.open(src) as container:
+            fps = container.streams.video[0].average_rate or 25
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        encode(frames, dst, fps, keyframe_every, quantizer)
+        return {"frames": len(frames)}
+    except video.VideoError as e:
+        return {"error": e.reason}
+    except Exception as e:  # noqa: BLE001 - a bad file is recorded, the others go on
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def prepare(data_dir: str, out: str, workers: int = 0, keyframe_every: int = 16, quantizer: int = 2) -> dict:
+    """Prepares every video under ``data_dir/UCF-101``; returns the index it writes to ``out/index.json``."""
+    ucf101.read_class_names(data_dir)  # fails early, naming the path, on a wrong data_dir
+    root = os.path.join(data_dir, ucf101.VIDEOS)
+    files = sorted(ucf101.index_files(root).values())
+    if not files:
+        raise ValueError(f"{root}: no videos found")
+    index_path = os.path.join(out, ucf101.PREPARED_INDEX)
+    if os.path.exists(index_path):
+        os.remove(index_path)  # unfinished until rewritten
+    workers = workers or loader.default_workers()
+    logging.info("preparing %d videos from %s into %s with %d processes", len(files), root, out, workers)
+    start, videos = time.time(), {}
+    pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else _Inline()
+    with pool:
+        jobs = {pool.submit(prepare_one, os.path.join(root, rel), os.path.join(out, ucf101.prepared_name(rel)),
+                            keyframe_every, quantizer): rel for rel in files}
+        for n, job in enumerate(concurrent.futures.as_completed(jobs), 1):
+            rel = jobs[job]
+            videos[rel] = job.result()
+            if "error" in videos[rel]:
+                logging.warning("unreadable video %s: %s", os.path.join(root, rel), videos[rel]["error"])
+            if n % 500 == 0 or n == len(files):
+                logging.info("%d/%d videos, %.0f s", n, len(files), time.time() - start)
+    index = {"format": f"mpeg4 avi, keyframe every {keyframe_every} frames, quantiser {quantizer}",
+             "keyframe_every": keyframe_every, "videos": dict(sorted(videos.items()))}
+    with open(index_path + ".tmp", "w") as f:
+        json.dump(index, f, indent=1)
+    os.replace(index_path + ".tmp", index_path)
+    size = sum(os.path.getsize(os.path.join(out, ucf101.prepared_name(r))) for r, v in videos.items() if "frames" in v)
+    logging.info("done: %d videos (%d unreadable), %.2f GiB, %.0f s", len(videos),
+                 sum("error" in v for v in videos.values()), size / 2**30, time.time() - start)
+    return index
+
+
+class _Inline(concurrent.futures.Executor):
+    """Runs jobs in this process (workers=1: no fork of a process that may hold JAX's threads)."""
+
+    def submit(self, fn, *args, **kwargs):
+        future = concurrent.futures.Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    prepare(FLAGS.data_dir, FLAGS.out, FLAGS.workers, FLAGS.keyframe_every, FLAGS.quantizer)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
