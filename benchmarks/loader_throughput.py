@@ -8,8 +8,9 @@ panning content) twice: with a keyframe every 12 frames (FFmpeg's default) and e
 encoder such as Xvid's default; how often UCF-101's files have keyframes varies); then prepares the
 second with ``semicnn_jax.data.prepare``. For each format it reports
 
-* per core: clips/s of one training example built in this process, from CPU time (robust to other
-  jobs on the machine), split into decoding (``video.read_clip``) and crop + resize + flip;
+* per core: clips/s of one training example (``video.read_train_clip``, what the loader's workers
+  run) built in this process, from CPU time (robust to other jobs on the machine), split into
+  decoding alone (``video.decode_clip``: the YUV frames) and the rest (crop + resize + flip + RGB);
 * the loader: clips/s of ``UCF101.train_batches`` (grain workers, batch 8) after a warm-up, wall
   clock, and that rate per worker.
 
@@ -62,17 +63,21 @@ def config_for(data_dir: str, prepared_dir: str, workers: int, args):
 
 
 def per_core(source, clips: int, args) -> tuple[float, float]:
-    """(decode, crop+resize+flip) CPU seconds per training clip, built in this process."""
-    decode = augment = 0.0
+    """(decode, crop+resize+flip+RGB) CPU seconds per training clip, built in this process, after an
+    untimed pass over the same clips (a worker configures one filter graph per crop box once)."""
+    for i in range(clips):
+        video.read_train_clip(source.release.train[i % len(source.release.train)][0],
+                              video.train_params(np.random.default_rng([0, 0, i])), args.num_frames, args.crop)
+    decode = total = 0.0
     for i in range(clips):
         row = source.release.train[i % len(source.release.train)]
         params = video.train_params(np.random.default_rng([0, 0, i]))
         start = time.process_time()
-        frames = video.read_clip(row[0], args.num_frames, params["position"])
+        video.decode_clip(row[0], args.num_frames, params["position"])
         middle = time.process_time()
-        video.train_clip(frames, params, args.crop)
-        decode, augment = decode + middle - start, augment + time.process_time() - middle
-    return decode / clips, augment / clips
+        video.read_train_clip(row[0], params, args.num_frames, args.crop)
+        decode, total = decode + middle - start, total + time.process_time() - middle
+    return decode / clips, (total - decode) / clips
 
 
 def loader_rate(source, args) -> float:
@@ -96,6 +101,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=12, help="timed batches per loader measurement")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=96, help="clips per per-core measurement")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--num_frames", type=int, default=16)
     parser.add_argument("--crop", type=int, default=224)
@@ -121,13 +127,13 @@ def main():
     for name, (data_dir, prepared_dir) in formats.items():
         kib = size(prepared_dir or os.path.join(data_dir, "UCF-101")) / 1024 / (args.videos * args.frames)
         source = pipeline.create(config_for(data_dir, prepared_dir, 0, args))
-        decode, augment = per_core(source, 3 * args.videos // 2, args)
+        decode, augment = per_core(source, args.clips, args)
         row = [name, f"{kib:.1f}", f"{1000 * decode:.1f}", f"{1000 * augment:.1f}", f"{1 / (decode + augment):.0f}"]
         for workers in (int(w) for w in args.workers.split(",")):
             rate = loader_rate(pipeline.create(config_for(data_dir, prepared_dir, workers, args)), args)
             row.append(f"{rate:.0f} ({rate / workers:.0f}/worker)")
         rows.append(row)
-    header = ["format", "KiB/frame", "decode ms/clip", "crop+resize ms/clip", "clips/s/core (CPU time)"]
+    header = ["format", "KiB/frame", "decode ms/clip", "crop+resize+RGB ms/clip", "clips/s/core (CPU time)"]
     header += [f"loader, {w} worker(s), clips/s" for w in args.workers.split(",")]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     print(f"\n{args.num_frames}x{args.crop}x{args.crop} training clips, batch {args.batch}, "

@@ -85,6 +85,55 @@ def test_train_params_cover_the_papers_crops_and_train_clip_applies_them():
     np.testing.assert_array_equal(video.train_clip(frames, p, 20), frames[:, 20:40, 40:60][:, :, ::-1])
 
 
+def test_crop_boxes_have_even_sides():
+    assert video.crop_box(240, 320) == (40, 0, 280, 240)
+    assert video.crop_box(240, 320, 2 ** -0.25, "top_right") == (120, 0, 320, 200)  # 201.8 -> 200
+    assert video.crop_box(240, 320, 2 ** -0.75, "bottom_left") == (0, 98, 142, 240)
+    assert video.crop_box(52, 72, 2 ** -0.25, "center") == (15, 5, 57, 47)  # odd offsets: chroma sits between
+
+
+def _pil_crops(frames, box, size, flip=False):
+    """Independent reference: Pillow's bilinear resize of each RGB frame's box."""
+    from PIL import Image
+    left, top, right, bottom = box
+    out = np.stack([np.asarray(Image.fromarray(f[top:bottom, left:right]).resize((size, size), Image.BILINEAR))
+                    for f in frames])
+    return out[:, :, ::-1] if flip else out
+
+
+@pytest.mark.parametrize("scale,corner,flip", [(1.0, "center", False), (2 ** -0.25, "center", True),
+                                               (0.5, "bottom_right", False), (2 ** -0.75, "top_right", True)])
+def test_read_train_clip_crops_the_decoded_frames_like_pillow(tmp_path, scale, corner, flip):
+    path = fake_ucf101.write_video(str(tmp_path / "c.avi"), fake_ucf101.frames_for(4, 24, 52, 72), gop_size=6)
+    params = {"position": 0.4, "scale": scale, "corner": corner, "flip": flip}
+    got = video.read_train_clip(path, params, 8, 32)
+    assert got.shape == (8, 32, 32, 3) and got.dtype == np.uint8
+    import av
+    from av.video.reformatter import Interpolation
+    exact = Interpolation.BICUBIC | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP | Interpolation.ACCURATE_RND
+    with av.open(path) as container:  # whole frames to RGB with interpolated chroma, then Pillow
+        full = np.stack([f.reformat(format="rgb24", interpolation=exact).to_ndarray() for f in container.decode(video=0)])
+    idx = video.loop_indices(video.clip_start(len(full), 8, 0.4), 8, len(full))
+    expected = _pil_crops(full[idx], video.crop_box(52, 72, scale, corner), 32, flip)
+    # 0.25 here; 0.67 with the chroma misplaced by the odd offsets of the (15, 5, 57, 47) box
+    assert np.abs(got.astype(int) - expected).mean() < 0.4
+    np.testing.assert_array_equal(video.read_train_clip(path, params, 8, 32), got)  # deterministic (cached graphs)
+    arrays = video.train_clip(video.read_clip(path, 8, 0.4), params, 32)  # RGB frames, then crop + resize
+    assert np.abs(arrays.astype(int) - got).mean() < 2
+
+
+def test_read_eval_clips_agrees_with_eval_clips_of_the_frames(tmp_path):
+    path = fake_ucf101.write_video(str(tmp_path / "e.avi"), fake_ucf101.frames_for(5, 21, 48, 64))
+    got = video.read_eval_clips(path, 8, 24)
+    frames = video.read_video(path)
+    expected = video.eval_clips(frames, 8, 24)
+    assert got.shape == expected.shape == (3, 8, 24, 24, 3)
+    assert np.abs(got.astype(int) - expected).mean() < 2
+    assert np.abs(got[0].astype(int) - _pil_crops(frames[:8], video.crop_box(48, 64), 24)).mean() < 2
+    with pytest.raises(video.VideoError, match="missing.avi"):
+        video.read_eval_clips(str(tmp_path / "missing.avi"), 8, 24)
+
+
 # ---------------------------------------------------------------------------- the release and its source
 
 from experiments import base  # noqa: E402
@@ -230,7 +279,9 @@ def test_eval_batches_enumerate_every_clip_of_every_test_video(release):
     clips = np.concatenate([b["video"] for b in batches])[mask]
     for v in (1, 2):  # a 3-clip .avi and the 128x96 .mp4 with audio
         path = os.path.join(root, "UCF-101", written["test"][v][0])
-        np.testing.assert_array_equal(clips[videos == v], video.eval_clips(video.read_video(path), NUM_FRAMES, CROP))
+        np.testing.assert_array_equal(clips[videos == v], video.read_eval_clips(path, NUM_FRAMES, CROP))
+        from_rgb = video.eval_clips(video.read_video(path), NUM_FRAMES, CROP)  # the array path (predict.py)
+        assert np.abs(clips[videos == v].astype(int) - from_rgb).mean() < 2
     assert_same_batches(batches, list(source.eval_batches(4)))
 
 

@@ -13,9 +13,11 @@ A list entry whose file is missing is an error before training starts, unless
 ``dataset.skip_missing`` is set: then it is skipped and named like an unreadable file.
 
 Training: one clip per video and epoch (paper 4.1): ``num_frames`` consecutive frames at a random
-position, a multi-scale corner crop, a random flip; all choices from ``(seed, epoch, video index)``.
-Evaluation: every non-overlapping clip of every test video (``video.eval_clips``); clips per video
-come from the container headers (or the prepared index), counted once at the first evaluation.
+position, a multi-scale corner crop, a random flip; all choices from ``(seed, epoch, video index)``
+(``video.read_train_clip``: cropped and scaled straight from the decoded frames).
+Evaluation: every non-overlapping clip of every test video (``video.read_eval_clips``, the crops of
+``video.eval_clips``); clips per video come from the container headers (or the prepared index),
+counted once at the first evaluation.
 """
 
 from __future__ import annotations
@@ -189,12 +191,12 @@ class EvalRow(NamedTuple):
 def load_train(row: TrainRow, num_frames: int, crop_size: int) -> np.ndarray:
     """The paper's training clip of one video (random start, multi-scale corner crop, flip)."""
     params = video.train_params(np.random.default_rng([row.seed, row.epoch, row.index]))
-    return video.train_clip(video.read_clip(row.path, num_frames, params["position"]), params, crop_size)
+    return video.read_train_clip(row.path, params, num_frames, crop_size)
 
 
 @functools.lru_cache(maxsize=2)  # per process: a video's clips are consecutive rows
 def _eval_clips(path: str, num_frames: int, crop_size: int) -> np.ndarray:
-    return video.eval_clips(video.read_video(path), num_frames, crop_size)
+    return video.read_eval_clips(path, num_frames, crop_size)
 
 
 def load_eval(row: EvalRow, num_frames: int, crop_size: int) -> np.ndarray:
