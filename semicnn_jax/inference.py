@@ -7,6 +7,16 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def normalize(video: jax.Array) -> jax.Array:
+    """uint8 [0, 255] or float [0, 1] frames -> ImageNet-normalised float32 (training's input)."""
+    video = video.astype(jnp.float32) / 255.0 if video.dtype == jnp.uint8 else video.astype(jnp.float32)
+    return (video - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def make_predict_fn(model: nn.Module, dtype: Any = None) -> Callable[[Any, jax.Array], jax.Array]:

@@ -28,12 +28,11 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from flax import struct
 
 from semicnn_jax import models, optim
+from semicnn_jax.inference import normalize
 from semicnn_jax.data import pipeline
 
 AXIS = "batch"
 PREFETCH = 2  # batches copied to the devices ahead of the step that needs them
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 class TrainState(struct.PyTreeNode):
@@ -114,12 +113,6 @@ def initial_state(config, variables, tx) -> TrainState:
 
 
 # ---------------------------------------------------------------------------- steps
-
-
-def normalize(video: jax.Array) -> jax.Array:
-    """uint8 [0, 255] or float [0, 1] frames -> ImageNet-normalised float32."""
-    video = video.astype(jnp.float32) / 255.0 if video.dtype == jnp.uint8 else video.astype(jnp.float32)
-    return (video - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def classification_metrics(logits, labels, mask) -> dict:
