@@ -1,0 +1,310 @@
+"""Pictures of trained runs: training curves (the paper's Figure 2) and a clip's features (Figure 3).
+
+    python -m semicnn_jax.plots curves runs/semi_resnet18 runs/resnet18_3d --out curves.png
+    python -m semicnn_jax.plots features --workdir=runs/demo clip.avi --out features.png
+
+``curves`` reads the runs' TensorBoard event files (no TensorFlow needed) and draws loss, top-1
+and top-5 accuracy (train; evaluation per clip and per video) and the learning rate against epochs,
+one colour per run, named by its model. ``features`` shows one clip of a video as the model sees it
+(its ``num_frames`` frames after the evaluation crop), the channel-averaged maps of every stage the
+model reports with ``return_features=True`` (semi models: spatial, temporal, spatio-temporal),
+each map under the input frames it covers, and the video-level top-5 of ``semicnn_jax.predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import math
+import os
+import struct
+import sys
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+# ---------------------------------------------------------------------------- TensorBoard events
+
+
+def _records(path: str):
+    """The records of a TFRecord file (length, crc, data, crc), tolerating a truncated tail."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end + 4 > len(data):
+            return  # a record still being written
+        yield data[pos + 12:end]
+        pos = end + 4
+
+
+def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+    """Every scalar of the run's event files: ``{tag: {step: value}}`` (a step written twice, e.g.
+    by a resumed run, keeps the value written last)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.util import tensor_util
+
+    events = []
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for record in _records(path):
+            event = event_pb2.Event.FromString(record)
+            if event.HasField("summary"):
+                events.append(event)
+    scalars: dict[str, dict[int, float]] = {}
+    for event in sorted(events, key=lambda e: e.wall_time):
+        for value in event.summary.value:
+            if value.HasField("tensor"):
+                array = tensor_util.make_ndarray(value.tensor)
+                if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+                    continue
+                number = float(array.reshape(()))
+            elif value.HasField("simple_value"):
+                number = float(value.simple_value)
+            else:
+                continue
+            scalars.setdefault(value.tag, {})[int(event.step)] = number
+    return scalars
+
+
+def epoch_curves(scalars: dict[str, dict[int, float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-epoch curves ``{tag: (epochs, values)}``.
+
+    Evaluations run once per epoch, at its last step, so the steps of ``eval/loss`` are multiples of
+    the steps per epoch (their gcd). Training scalars are taken at those steps too, where the loop
+    writes the epoch's average.
+    """
+    eval_steps = sorted(scalars.get("eval/loss", {}))
+    if not eval_steps:
+        return {}
+    steps_per_epoch = math.gcd(*eval_steps)
+    curves = {}
+    for tag, values in scalars.items():
+        steps = [s for s in eval_steps if s in values]
+        if steps:
+            curves[tag] = (np.array(steps) / steps_per_epoch, np.array([values[s] for s in steps]))
+    return curves
+
+
+def run_label(workdir: str) -> str:
+    import json
+    try:
+        with open(os.path.join(workdir, "run.json")) as f:
+            return json.load(f)["model"]
+    except (OSError, ValueError, KeyError):
+        return os.path.basename(os.path.normpath(workdir))
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    tag: str
+    split: str  # legend entry ("" for none)
+    style: str = "-"
+    marker: str = "o"
+    scale: float = 1.0  # 100: drawn in %
+
+
+TRAIN, CLIP, VIDEO = dict(style="-"), dict(style="--"), dict(style=":", marker="s")  # video: hollow squares
+PANELS = (  # (title, y label, series, y scale)
+    ("Loss", "cross-entropy loss", (Series("train/loss", "train", **TRAIN), Series("eval/loss", "eval (clip)", **CLIP)),
+     "linear"),
+    ("Top-1 accuracy", "top-1 accuracy (%)", (Series("train/top1", "train", scale=100, **TRAIN),
+                                             Series("eval/top1", "eval (clip)", scale=100, **CLIP),
+                                             Series("eval/video_top1", "eval (video)", scale=100, **VIDEO)), "linear"),
+    ("Top-5 accuracy", "top-5 accuracy (%)", (Series("eval/top5", "eval (clip)", scale=100, **CLIP),
+                                             Series("eval/video_top5", "eval (video)", scale=100, **VIDEO)), "linear"),
+    ("Learning rate (set at the end of each epoch)", "learning rate", (Series("learning_rate", ""),), "log"),
+)
+
+
+def plot_curves(workdirs: Sequence[str], out: str) -> str:
+    """Draws the runs' curves into ``out`` (PNG); ValueError naming a run without evaluations."""
+    runs = []
+    for workdir in workdirs:
+        if not os.path.isdir(workdir):
+            raise ValueError(f"{workdir}: no such run directory")
+        curves = epoch_curves(read_scalars(workdir))
+        if not curves:
+            raise ValueError(f"{workdir}: no evaluation scalars in its TensorBoard events (events.out.tfevents.*); "
+                             "has it finished an epoch?")
+        runs.append((workdir, run_label(workdir), curves))
+    labels = [label for _, label, _ in runs]
+    # Two runs of the same model are told apart by their directory.
+    labels = [f"{label} ({os.path.basename(os.path.normpath(w))})" if labels.count(label) > 1 else label
+              for (w, _, _), label in zip(runs, labels)]
+    colours = plt.get_cmap("tab10").colors
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+    for ax, (title, ylabel, series, yscale) in zip(axes.flat, PANELS):
+        for i, (_, _, curves) in enumerate(runs):
+            colour = colours[i % len(colours)]
+            for line in series:
+                if line.tag in curves:
+                    epochs, values = curves[line.tag]
+                    ax.plot(epochs, values * line.scale, line.style, color=colour, marker=line.marker,
+                            markersize=6 if line.marker == "s" else 3.5, markerfacecolor="none" if line.marker == "s"
+                            else colour, linewidth=1.8, drawstyle="steps-post" if yscale == "log" else "default")
+        ax.set_title(title, fontsize=13)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_yscale(yscale)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if series[0].scale == 100:
+            ax.set_ylim(-2, 102)
+        if len(series) > 1:  # what each line style means, in grey
+            handles = [plt.Line2D([], [], color="0.3", linestyle=line.style, linewidth=1.8,
+                                  **(dict(marker="s", markerfacecolor="none") if line.marker == "s" else {}))
+                       for line in series]
+            ax.legend(handles, [line.split for line in series], loc="best", fontsize=9, title="split",
+                      title_fontsize=9, handlelength=4)
+    handles = [plt.Line2D([], [], color=colours[i % len(colours)], linewidth=3) for i in range(len(runs))]
+    fig.suptitle("Training curves (one colour per run)", fontsize=15)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(runs), 4), fontsize=12, title="model",
+               title_fontsize=11)
+    _save(fig, out)
+    return out
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def plot_features(workdir: str, video_path: str, out: str, checkpoint: str = "best", clip_index: int | None = None
+                  ) -> str:
+    """Draws ``video_path``'s clip (the middle one by default), the model's channel-averaged stage
+    features and the video-level top-5 into ``out`` (PNG). Raises ``predict.RunError`` /
+    ``video.VideoError`` naming what cannot be read."""
+    import jax
+    import jax.numpy as jnp
+
+    from semicnn_jax import inference, predict
+    from semicnn_jax.data import video
+
+    model, variables, run = predict.load_run(workdir, checkpoint)
+    frames = video.read_video(video_path)
+    prediction = predict.classify_frames(inference.make_predict_fn(model), variables, run, frames, name=video_path)
+    clips = video.eval_clips(frames, run.num_frames, run.crop_size)
+    index = len(clips) // 2 if clip_index is None else clip_index
+    if not 0 <= index < len(clips):
+        raise ValueError(f"--clip={clip_index}: {video_path} has {len(clips)} clips")
+    clip = clips[index]
+    _, features = inference.make_features_fn(model)(variables, predict.normalize(jnp.asarray(clip[None])))
+    maps = stage_maps(jax.device_get(features))
+
+    T = run.num_frames
+    ncols = T + 1  # the last, narrow column holds each feature row's colour bar
+    nrows = 1 + len(maps) + 1
+    fig = plt.figure(figsize=(max(10.0, 1.15 * T + 2.5), 1.35 * (1 + len(maps)) + 2.6 + 0.9))
+    grid = fig.add_gridspec(nrows, ncols, width_ratios=[1] * T + [0.12],
+                            height_ratios=[1] * (1 + len(maps)) + [1.5], hspace=0.45, wspace=0.08,
+                            left=0.12, right=0.95, top=0.9, bottom=0.07)
+
+    frame_numbers = video.loop_indices(int(video.eval_clip_starts(len(frames), T)[index]), T, len(frames))
+    for t in range(T):
+        ax = fig.add_subplot(grid[0, t])
+        ax.imshow(clip[t])
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title(f"frame {frame_numbers[t]}", fontsize=8)
+        if t == 0:
+            _row_label(ax, f"input\n{T}×{run.crop_size}×{run.crop_size}")
+
+    for row, (name, fmap) in enumerate(maps.items(), start=1):
+        length = fmap.shape[0]
+        vmin, vmax = float(fmap.min()), float(fmap.max())
+        image = None
+        for t in range(length):
+            # Map t of a stage with `length` time steps covers input frames [t T / length, (t+1) T / length).
+            first, last = round(t * T / length), max(round((t + 1) * T / length), round(t * T / length) + 1)
+            ax = fig.add_subplot(grid[row, first:last])
+            image = ax.imshow(fmap[t], cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if t == 0:
+                _row_label(ax, f"{name}\n{'×'.join(map(str, fmap.shape))}")
+        cax = fig.add_subplot(grid[row, T])
+        fig.colorbar(image, cax=cax).ax.tick_params(labelsize=7)
+
+    ax = fig.add_subplot(grid[nrows - 1, 1:T - 1] if T > 3 else grid[nrows - 1, :T])
+    names, probs = zip(*prediction.top5)
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, np.array(probs) * 100, color="tab:blue")
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("probability (%)")
+    for yi, p in zip(y, probs):  # the value after the bar, or inside a long one
+        inside = p > 0.85
+        ax.text(100 * p - 1 if inside else 100 * p + 1, yi, f"{100 * p:.1f}%", va="center", fontsize=9,
+                ha="right" if inside else "left", color="white" if inside else "black")
+    ax.set_title(f"top-5, video level (softmax averaged over {prediction.num_clips} clip"
+                 f"{'s' if prediction.num_clips != 1 else ''})", fontsize=11)
+
+    clip_note = f"clip {index + 1} of {len(clips)}" if len(clips) > 1 else "its only clip"
+    fig.suptitle(f"{os.path.basename(video_path)}: {clip_note} and {run.model}'s stage features (mean over "
+                 f"channels, T×H×W; each row on its own colour scale)\n{run.describe()}", fontsize=11)
+    _save(fig, out)
+    return out
+
+
+def stage_maps(features: dict) -> dict[str, np.ndarray]:
+    """Channel means ``[T', H', W']`` of the first clip's stage features, in network order.
+
+    A jitted function returns its dicts sorted by key, so the order is rebuilt: every stage of the
+    zoo's models only shrinks the map, so deeper stages have fewer positions (ties: by name).
+    """
+    maps = {name: np.asarray(f)[0].astype(np.float32).mean(-1) for name, f in features.items()}
+    maps = {name: m.reshape((1,) * (3 - m.ndim) + m.shape) for name, m in maps.items()}
+    return dict(sorted(maps.items(), key=lambda item: (-item[1].size, item[0])))
+
+
+def _row_label(ax, text: str) -> None:
+    ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=9, labelpad=8)
+
+
+def _save(fig, out: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m semicnn_jax.plots", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    curves = commands.add_parser("curves", help="loss, accuracy and learning rate against epochs, runs overlaid")
+    curves.add_argument("runs", nargs="+", metavar="RUN", help="training workdirs (TensorBoard events, run.json)")
+    curves.add_argument("--out", default="curves.png", help="PNG to write (default: curves.png)")
+    features = commands.add_parser("features", help="a clip's frames, stage features and top-5")
+    features.add_argument("--workdir", required=True, help="the training run's directory")
+    features.add_argument("video", metavar="VIDEO", help="a video file")
+    features.add_argument("--checkpoint", default="best", help="best (default), latest or a step number")
+    features.add_argument("--clip", type=int, default=None,
+                          help="which of the video's clips to show, from 0 (default: the middle one)")
+    features.add_argument("--out", default="features.png", help="PNG to write (default: features.png)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "curves":
+            out = plot_curves(args.runs, args.out)
+        else:
+            from absl import logging
+            logging.set_verbosity(logging.ERROR)
+            out = plot_features(args.workdir, args.video, args.out, args.checkpoint, args.clip)
+    except ValueError as e:  # RunError, VideoError and bad arguments are ValueErrors naming the culprit
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

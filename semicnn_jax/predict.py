@@ -1,0 +1,323 @@
+"""Classifies videos with a trained run: the top-5 classes of each video, with probabilities.
+
+    python -m semicnn_jax.predict --workdir=runs/demo clip.avi other.mp4
+    python -m semicnn_jax.predict --workdir=runs/demo --checkpoint=latest --json clip.avi
+
+Video level, as in evaluation: every non-overlapping ``num_frames`` clip of the video (the last one
+loop-padded; centre crop of the short side resized to ``crop_size``), softmax averaged over the clips.
+The model, its options, the clip size and the class names come from the run's ``run.json``; the
+weights from one of its checkpoints (``best``: highest eval top-1 among the checkpoints present;
+``latest``; or a step number). A video that cannot be read is named on stderr, the others are still
+answered, and the exit status is 1. A missing run or checkpoint: a message naming it, exit status 1.
+
+Library use (one place for what ``plots features`` needs too)::
+
+    model, variables, run = predict.load_run("runs/demo", "best")
+    predict_fn = inference.make_predict_fn(model)   # jitted (variables, clips) -> probabilities
+    result = predict.classify(predict_fn, variables, run, "clip.avi")
+    result.top5          # [(class name, probability), ...], most probable first
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from semicnn_jax import inference, models
+from semicnn_jax.data import video
+
+try:  # training's ImageNet normalisation, without importing the training loop (clu imports TensorFlow)
+    from semicnn_jax.inference import normalize
+except ImportError:
+    from semicnn_jax.train import normalize
+
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
+class RunError(ValueError):
+    """A workdir or checkpoint that cannot be used; the message names it and says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a prediction needs to know about a training run (from ``run.json`` and the checkpoint)."""
+
+    workdir: str
+    model: str
+    model_options: dict
+    class_names: tuple[str, ...]
+    num_frames: int
+    crop_size: int
+    dataset: str
+    step: int  # the checkpoint's training step
+    epoch: int  # finished epochs at that checkpoint
+    metrics: dict  # the evaluation at that step (metrics.jsonl), {} if none was recorded
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        text = f"{self.model} from {self.workdir}, checkpoint step {self.step} (epoch {self.epoch}"
+        if "eval/top1" in self.metrics:
+            text += f", eval clip top-1 {100 * self.metrics['eval/top1']:.1f}%"
+        return text + ")"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The video-level prediction for one video."""
+
+    video: str
+    probabilities: np.ndarray  # float32 [num_classes], softmax averaged over the clips
+    num_clips: int
+    class_names: tuple[str, ...]
+
+    @property
+    def top5(self) -> list[tuple[str, float]]:
+        """The (up to) 5 most probable classes, most probable first (ties: lower class index first)."""
+        order = np.argsort(-self.probabilities, kind="stable")[:5]
+        return [(self.class_names[i], float(self.probabilities[i])) for i in order]
+
+    def to_json(self) -> dict:
+        return {"video": self.video, "top5": [{"label": name, "prob": p} for name, p in self.top5]}
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def parse_model_options(options: dict) -> dict:
+    """``run.json``'s model options as ``models.create`` takes them.
+
+    Current records store JSON values (``{"width": 0.125, "dtype": "float32"}``); older ones stored
+    every value as a string (``{"width": "0.125", "head": "single"}``): Python literals are turned
+    back into numbers, booleans and None, anything else (dtypes, choices) stays a string.
+    """
+    parsed = {}
+    for key, value in options.items():
+        if isinstance(value, str):
+            try:
+                literal = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                literal = value
+            value = literal if literal is None or isinstance(literal, (bool, int, float)) else value
+        parsed[key] = value
+    return parsed
+
+
+def read_run_record(workdir: str) -> dict:
+    path = os.path.join(workdir, "run.json")
+    if not os.path.isdir(workdir):
+        raise RunError(f"{workdir}: no such run directory")
+    if not os.path.isfile(path):
+        raise RunError(f"{path}: no such file; is {workdir} a training workdir "
+                       "(python -m semicnn_jax.main --workdir=... writes it)?")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        missing = [k for k in ("model", "class_names", "num_frames", "crop_size") if k not in record]
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: not a readable run record ({e})") from None
+    if missing:
+        raise RunError(f"{path}: the run record lacks {', '.join(missing)}")
+    return record
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+    """``workdir/metrics.jsonl`` by step (the last line of a step wins); {} without the file."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    by_step = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    by_step[int(record["step"])] = record
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a killed run
+    return by_step
+
+
+def _checkpoint_manager(workdir: str):
+    import orbax.checkpoint as ocp
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise RunError(f"{directory}: no such directory; the run has no checkpoints")
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def select_step(steps: Sequence[int], checkpoint: str | int, metrics: dict[int, dict], where: str) -> int:
+    """The checkpoint step that ``checkpoint`` (``best``, ``latest`` or a step) names among ``steps``.
+
+    ``best``: the highest eval top-1 in ``metrics`` (ties: lower eval loss, then the later step);
+    the latest checkpoint when none of them has a recorded evaluation.
+    """
+    steps = sorted(int(s) for s in steps)
+    if not steps:
+        raise RunError(f"{where}: no checkpoints")
+    checkpoint = str(checkpoint).strip()
+    if checkpoint == "latest":
+        return steps[-1]
+    if checkpoint == "best":
+        scored = [s for s in steps if "eval/top1" in metrics.get(s, {})]
+        if not scored:
+            return steps[-1]
+        return max(scored, key=lambda s: (metrics[s]["eval/top1"], -metrics[s].get("eval/loss", 0.0), s))
+    try:
+        step = int(checkpoint)
+    except ValueError:
+        raise RunError(f"--checkpoint={checkpoint!r}: expected best, latest or a step number") from None
+    if step not in steps:
+        raise RunError(f"{where}: no checkpoint at step {step} (steps present: "
+                       f"{', '.join(map(str, steps))})")
+    return step
+
+
+def load_run(workdir: str, checkpoint: str | int = "best") -> tuple[Any, dict, RunInfo]:
+    """The run's model (``models.create`` with its recorded options, no BatchNorm sync), the
+    checkpoint's ``{'params', 'batch_stats'}`` on the default device, and its :class:`RunInfo`.
+
+    Raises RunError naming the workdir, file or checkpoint at fault.
+    """
+    import orbax.checkpoint as ocp
+
+    record = read_run_record(workdir)
+    options = parse_model_options(record.get("model_options", {}))
+    class_names = tuple(record["class_names"])
+    try:
+        model = models.create(record["model"], num_classes=len(class_names), **options)
+    except ValueError as e:
+        raise RunError(f"{os.path.join(workdir, 'run.json')}: {e}") from None
+    num_frames, crop_size = int(record["num_frames"]), int(record["crop_size"])
+
+    manager = _checkpoint_manager(workdir)
+    metrics = read_metrics(workdir)
+    step = select_step(manager.all_steps(), checkpoint, metrics, manager.directory)
+
+    # Restore only what inference needs, onto this host's device (the run may have trained on others).
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = models.abstract_variables(model, (1, num_frames, crop_size, crop_size, 3))
+    target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {}),
+              "epoch": jax.ShapeDtypeStruct((), jnp.int32)}
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), target)
+    try:
+        restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise RunError(f"{manager.directory}/{step}: cannot restore {record['model']} "
+                       f"({options}) from it: {str(e).splitlines()[0]}") from None
+    finally:
+        manager.close()
+    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    run = RunInfo(workdir=workdir, model=record["model"], model_options=options, class_names=class_names,
+                  num_frames=num_frames, crop_size=crop_size, dataset=record.get("dataset", ""),
+                  step=step, epoch=int(restored["epoch"]), metrics=metrics.get(step, {}))
+    return model, variables, run
+
+
+# ---------------------------------------------------------------------------- classification
+
+
+def clip_batches(clips: np.ndarray, batch_size: int):
+    """``clips [K, ...]`` in batches of ``min(batch_size, K rounded up to a power of 2)`` clips, the
+    last zero-padded (so a few shapes compile, whatever the videos' lengths), each with the number of
+    real clips it holds."""
+    batch_size = min(batch_size, 1 << (len(clips) - 1).bit_length())
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+        yield chunk, batch_size - pad
+
+
+def classify_clips(predict_fn: Callable, variables, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Video-level probabilities of uint8 clips ``[K, T, S, S, 3]``: the mean of the clips' softmax,
+    each clip normalised as in training (``normalize``, i.e. ``train.normalize``)."""
+    total, count = None, 0
+    for chunk, real in clip_batches(clips, batch_size):
+        probs = np.asarray(predict_fn(variables, normalize(jnp.asarray(chunk))))[:real]
+        total = probs.sum(0) if total is None else total + probs.sum(0)
+        count += real
+    return (total / count).astype(np.float32)
+
+
+def classify_frames(predict_fn: Callable, variables, run: RunInfo, frames: np.ndarray, name: str = "",
+                    batch_size: int = 8) -> Prediction:
+    """The prediction for decoded frames ``uint8 [T, H, W, 3]`` (any T >= 1, any size)."""
+    clips = video.eval_clips(frames, run.num_frames, run.crop_size)
+    probs = classify_clips(predict_fn, variables, clips, batch_size)
+    return Prediction(video=name, probabilities=probs, num_clips=len(clips), class_names=run.class_names)
+
+
+def classify(predict_fn: Callable, variables, run: RunInfo, path: str, batch_size: int = 8) -> Prediction:
+    """The prediction for a video file; ``video.VideoError`` naming it if it cannot be read."""
+    return classify_frames(predict_fn, variables, run, video.read_video(path), name=str(path),
+                           batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def format_text(prediction: Prediction) -> str:
+    clips = f"{prediction.num_clips} clip{'s' if prediction.num_clips != 1 else ''}"
+    width = max(len(name) for name, _ in prediction.top5)
+    lines = [f"{prediction.video} ({clips})"]
+    lines += [f"  {rank}. {name:<{width}}  {p:.4f}" for rank, (name, p) in enumerate(prediction.top5, 1)]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m semicnn_jax.predict",
+        description="Top-5 classes of each video (softmax averaged over its clips, as in evaluation) "
+                    "from a training run's checkpoint.")
+    parser.add_argument("--workdir", required=True, help="the training run's directory (run.json, checkpoints/)")
+    parser.add_argument("--checkpoint", default="best",
+                        help="best (highest eval top-1, the default), latest, or a step number")
+    parser.add_argument("--json", action="store_true",
+                        help='print [{"video": path, "top5": [{"label": name, "prob": p}, ...]}, ...]')
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything FFmpeg decodes)")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.set_verbosity(logging.ERROR)  # orbax's notes on opening checkpoints read-only
+    try:
+        model, variables, run = load_run(args.workdir, args.checkpoint)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(run.describe(), file=sys.stderr)
+    predict_fn = inference.make_predict_fn(model)
+    results, failed = [], 0
+    for path in args.videos:
+        try:
+            prediction = classify(predict_fn, variables, run, path)
+        except video.VideoError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append(prediction)
+        if not args.json:
+            print(format_text(prediction), flush=True)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    if failed:
+        print(f"error: {failed} of {len(args.videos)} videos could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
