@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import json
 import math
 import os
 import struct
@@ -93,7 +94,7 @@ def epoch_curves(scalars: dict[str, dict[int, float]]) -> dict[str, tuple[np.nda
 
 
 def run_label(workdir: str) -> str:
-    import json
+    """The run's model (run.json), or its directory's name."""
     try:
         with open(os.path.join(workdir, "run.json")) as f:
             return json.load(f)["model"]
@@ -194,7 +195,7 @@ def plot_features(workdir: str, video_path: str, out: str, checkpoint: str = "be
     if not 0 <= index < len(clips):
         raise ValueError(f"--clip={clip_index}: {video_path} has {len(clips)} clips")
     clip = clips[index]
-    _, features = inference.make_features_fn(model)(variables, predict.normalize(jnp.asarray(clip[None])))
+    _, features = inference.make_features_fn(model)(variables, inference.normalize(jnp.asarray(clip[None])))
     maps = stage_maps(jax.device_get(features))
 
     T = run.num_frames

@@ -31,18 +31,12 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
 from semicnn_jax import inference, models
 from semicnn_jax.data import video
-
-try:  # training's ImageNet normalisation, without importing the training loop (clu imports TensorFlow)
-    from semicnn_jax.inference import normalize
-except ImportError:
-    from semicnn_jax.train import normalize
-
-CHECKPOINT_CHOICES = ("best", "latest")
-
+from semicnn_jax.inference import normalize  # training's ImageNet normalisation
 
 class RunError(ValueError):
     """A workdir or checkpoint that cannot be used; the message names it and says why."""
@@ -148,12 +142,26 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     return by_step
 
 
-def _checkpoint_manager(workdir: str):
-    import orbax.checkpoint as ocp
+def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise RunError(f"{directory}: no such directory; the run has no checkpoints")
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                 item_handlers=ocp.PyTreeCheckpointHandler())
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def shape_mismatches(model_variables, stored) -> list[str]:
+    """The arrays whose shapes differ between the model's ``{'params', 'batch_stats'}`` and a
+    checkpoint's tree (``'missing'`` where one side lacks it)."""
+    want = _shapes(model_variables)
+    have = _shapes({k: stored.get(k, {}) for k in model_variables}) if stored is not None else {}
+    return [f"{key}: checkpoint {have.get(key, 'missing')}, model {want.get(key, 'missing')}"
+            for key in sorted(set(want) | set(have)) if want.get(key) != have.get(key)]
 
 
 def select_step(steps: Sequence[int], checkpoint: str | int, metrics: dict[int, dict], where: str) -> int:
@@ -189,8 +197,6 @@ def load_run(workdir: str, checkpoint: str | int = "best") -> tuple[Any, dict, R
 
     Raises RunError naming the workdir, file or checkpoint at fault.
     """
-    import orbax.checkpoint as ocp
-
     record = read_run_record(workdir)
     options = parse_model_options(record.get("model_options", {}))
     class_names = tuple(record["class_names"])
@@ -200,22 +206,29 @@ def load_run(workdir: str, checkpoint: str | int = "best") -> tuple[Any, dict, R
         raise RunError(f"{os.path.join(workdir, 'run.json')}: {e}") from None
     num_frames, crop_size = int(record["num_frames"]), int(record["crop_size"])
 
-    manager = _checkpoint_manager(workdir)
     metrics = read_metrics(workdir)
-    step = select_step(manager.all_steps(), checkpoint, metrics, manager.directory)
-
     # Restore only what inference needs, onto this host's device (the run may have trained on others).
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = models.abstract_variables(model, (1, num_frames, crop_size, crop_size, 3))
     target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {}),
               "epoch": jax.ShapeDtypeStruct((), jnp.int32)}
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), target)
+    manager = _checkpoint_manager(workdir)
     try:
-        restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise RunError(f"{manager.directory}/{step}: cannot restore {record['model']} "
-                       f"({options}) from it: {str(e).splitlines()[0]}") from None
+        step = select_step(manager.all_steps(), checkpoint, metrics, manager.directory)
+        where = f"{manager.directory}/{step}"
+        stored = getattr(manager.item_metadata(step), "tree", None)
+        mismatches = shape_mismatches({k: target[k] for k in ("params", "batch_stats")}, stored)
+        if mismatches:
+            raise RunError(f"{where}: cannot restore {record['model']} ({options}) of run.json from it: "
+                           f"{len(mismatches)} arrays differ, e.g. {mismatches[0]}")
+        try:
+            restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise RunError(f"{where}: cannot restore {record['model']} ({options}) from it: "
+                           f"{str(e).splitlines()[0]}") from None
     finally:
         manager.close()
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
@@ -243,7 +256,7 @@ def clip_batches(clips: np.ndarray, batch_size: int):
 
 def classify_clips(predict_fn: Callable, variables, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Video-level probabilities of uint8 clips ``[K, T, S, S, 3]``: the mean of the clips' softmax,
-    each clip normalised as in training (``normalize``, i.e. ``train.normalize``)."""
+    each clip normalised as in training (``inference.normalize``)."""
     total, count = None, 0
     for chunk, real in clip_batches(clips, batch_size):
         probs = np.asarray(predict_fn(variables, normalize(jnp.asarray(chunk))))[:real]

@@ -228,7 +228,9 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
         policies.LatestN(n=config.get("keep_checkpoints", 3)),
         policies.BestN(get_metric_fn=lambda m: m["eval_top1"], n=1, keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=preserve, create=True)
+    # best_fn makes orbax store each checkpoint's metrics, so the best survives a restart.
+    options = ocp.CheckpointManagerOptions(preservation_policy=preserve, best_fn=lambda m: m["eval_top1"],
+                                           best_mode="max", create=True)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 

@@ -53,7 +53,7 @@ def tiny_demo_config(**overrides):
     config.model.width = 0.125
     config.model.options = {}
     config.num_frames, config.crop_size = 8, 48
-    config.dataset.train_size, config.dataset.eval_size = 4096, 64
+    config.dataset.train_size, config.dataset.eval_size = 4096, 128
     config.batch_size, config.per_device_batch_size = -1, 16  # 32 clips per step on the 2 test devices
     config.accumulation_steps = 1
     config.learning_rate, config.momentum, config.dampening, config.weight_decay = 0.02, 0.9, 0.0, 5e-4
@@ -93,6 +93,20 @@ def train_tiny_demo(workdir: str, target_top1: float = 0.6, max_epochs: int = 9,
         if top1 >= target_top1:
             break
     return config, top1
+
+
+DEMO_RUN_OVERRIDES = {"seed": 1}
+DEMO_RUN_TARGET = 0.7
+
+
+def trained_demo(tmp_path_factory) -> tuple[str, object]:
+    """(workdir, config) of the tiny demo run trained until its eval top-1 reaches ``DEMO_RUN_TARGET``,
+    built once per test session and shared by the test modules that need a model that has learnt."""
+    workdir = shared_dir(tmp_path_factory, "trained_demo_run", lambda path: train_tiny_demo(
+        path, target_top1=DEMO_RUN_TARGET, max_epochs=8, **DEMO_RUN_OVERRIDES))
+    top1 = last_metrics(workdir)["eval/top1"]
+    assert top1 >= DEMO_RUN_TARGET, f"the tiny demo run did not learn (eval top-1 {top1:.2f}); retune it"
+    return workdir, tiny_demo_config(**DEMO_RUN_OVERRIDES)
 
 
 def last_metrics(workdir: str) -> dict:

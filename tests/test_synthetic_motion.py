@@ -193,3 +193,29 @@ def test_motion_direction_per_class(stats):
     for c, (j, sign) in enumerate(expected):
         frac = np.mean(np.sign(motion[y == c, j]) == sign)
         assert frac > (0.9 if c < 4 else 0.7), (sm.CLASS_NAMES[c], frac)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_training_source_repeats_or_renews_its_clips_each_epoch(fresh):
+    from experiments import demo
+    from semicnn_jax.data import pipeline
+
+    config = demo.get_config()
+    config.num_frames, config.crop_size = 2, 8
+    config.dataset.train_size, config.dataset.fresh_clips = 16, fresh
+    source = pipeline.create(config)
+
+    def epoch(e):  # the epoch's clips by label, in a canonical order
+        batches = list(source.train_batches(e, 0, 8))
+        video = np.concatenate([b["video"] for b in batches])
+        order = np.lexsort(video.reshape(len(video), -1).T)
+        return video[order], np.concatenate([b["label"] for b in batches])[order]
+
+    (v0, l0), (v1, l1) = epoch(0), epoch(1)
+    np.testing.assert_array_equal(np.bincount(l0, minlength=sm.NUM_CLASSES), 2)
+    np.testing.assert_array_equal(np.bincount(l1, minlength=sm.NUM_CLASSES), 2)
+    if fresh:  # no clip of epoch 0 comes back in epoch 1
+        assert not any(np.array_equal(a, b) for a in v0 for b in v1)
+    else:  # the same 16 clips in another order
+        np.testing.assert_array_equal(v0, v1)
+        np.testing.assert_array_equal(l0, l1)

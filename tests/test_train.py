@@ -268,3 +268,22 @@ def test_unreadable_examples_do_not_count_in_the_training_loss():
     same = jax.tree.map(np.array_equal, first.params, second.params)
     assert all(jax.tree.leaves(same))
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, first.params, clean.params)))
+
+
+def test_the_best_checkpoint_survives_a_restart(tmp_path):
+    config = tiny_config(keep_checkpoints=2)
+    state = {"w": np.zeros(3, np.float32)}
+
+    def save(manager, step, top1):
+        manager.save(step, args=train.ocp.args.StandardSave(state), metrics={"eval_top1": top1}, force=True)
+        manager.wait_until_finished()
+
+    manager = train.checkpoint_manager(str(tmp_path), config)
+    for step, top1 in ((1, 0.9), (2, 0.1), (3, 0.2)):
+        save(manager, step, top1)
+    manager.close()
+    manager = train.checkpoint_manager(str(tmp_path), config)  # a restarted run
+    for step, top1 in ((4, 0.3), (5, 0.4)):
+        save(manager, step, top1)
+    assert manager.all_steps() == [1, 4, 5] and manager.best_step() == 1
+    manager.close()

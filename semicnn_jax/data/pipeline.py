@@ -80,6 +80,8 @@ class SyntheticMotion:
                                 int(ds.get("train_size", 4096)), int(ds.get("eval_size", 512)))
         # Evaluation clips come from another seed, so they never coincide with training clips.
         self.eval_seed = (self.seed + 1_000_003) % 2**32
+        # Fresh training clips every epoch (epoch e renders indices e * train_size + ...), or the same set.
+        self.fresh_clips = bool(ds.get("fresh_clips", False))
 
     def _render(self, seed: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         clips, labels = synthetic_motion.batch_for_indices(seed, indices, self.num_frames, self.size)
@@ -90,6 +92,8 @@ class SyntheticMotion:
         rows = process_slice(global_batch)
         for step in range(start_step, self.info.num_train // global_batch):
             idx = order[step * global_batch:(step + 1) * global_batch][rows]
+            if self.fresh_clips:
+                idx = idx + epoch * self.info.num_train
             video, label = self._render(self.seed, idx)
             yield {"video": video, "label": label, "mask": np.ones(len(idx), bool)}
 

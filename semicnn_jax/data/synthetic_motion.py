@@ -3,8 +3,9 @@
 Each clip shows one asymmetric two-coloured shape (random blob, polygon or star with
 a coloured 120-degree wedge) on a static cluttered background (soft colour blobs
 and texture) with per-frame pixel noise. Eight classes (``CLASS_NAMES``): the shape
-moves left, right, up or down, rotates clockwise or counter-clockwise (on screen),
-grows or shrinks. Generated on the fly from explicit keys; no files.
+moves left, right, up or down, rotates clockwise or counter-clockwise (on screen)
+about a pivot outside it (so it turns and travels along an arc), grows or shrinks.
+Generated on the fly from explicit keys; no files.
 
 Everything visible in one frame (shape, colours, background, position, orientation,
 size) is drawn independently of the label; the label only picks which velocity is
@@ -22,12 +23,13 @@ clip moves backwards and forwards from it:
   chance at every frame).
 
 Clips are float32 ``[N, T, size, size, 3]`` in ``[0, 1]``. Whole-clip motion is
-independent of ``T``: 25-45% of the image width, 90-180 degrees, or a x1.4-1.7
-size change. Call the functions outside ``jit`` (they run two jitted stages, which
-is ~4x faster on CPU than one fused program). ``batch_for_indices`` makes clip
-``i`` from ``fold_in(key(seed), i)`` with label ``i % NUM_CLASSES``, so a fixed eval
-set is identical every epoch and any shard of indices can be produced
-independently (bitwise identical whatever the batch it is rendered in).
+independent of ``T``: 25-45% of the image width, 135-225 degrees about a pivot
+30-40% of the image width away, or a x1.4-1.7 size change. Call the functions
+outside ``jit`` (they run two jitted stages, which is ~4x faster on CPU than one
+fused program). ``batch_for_indices`` makes clip ``i`` from ``fold_in(key(seed), i)``
+with label ``i % NUM_CLASSES``, so a fixed eval set is identical every epoch and any
+shard of indices can be produced independently (bitwise identical whatever the
+batch it is rendered in).
 """
 
 import math
@@ -66,7 +68,8 @@ _MOTION = np.array(
 
 _RADIUS = (0.1, 0.26)  # outer radius / image size at the anchor frame (log-uniform)
 _SHIFT = (0.25, 0.45)  # translation over the whole clip / image size
-_TURN = (0.5 * math.pi, 1.0 * math.pi)  # rotation over the whole clip (radians)
+_TURN = (0.75 * math.pi, 1.25 * math.pi)  # rotation over the whole clip (radians)
+_PIVOT = (0.3, 0.4)  # distance of the rotation's pivot from the shape's centre / image size
 _ZOOM = (math.log(1.4), math.log(1.7))  # log-size change over the whole clip
 _NUM_BLOBS = 8
 _HARMONICS = 10  # Fourier harmonics of the rendered outline
@@ -218,6 +221,9 @@ def _clip_setup(key, label, num_frames, size):
     rates = rates / max(num_frames - 1, 1) * jnp.asarray(_MOTION)[label]
     t = jnp.arange(num_frames, dtype=jnp.float32) - num_frames // 2
     state = jnp.stack([cx, cy, theta, log_r]) + t[:, None] * rates  # [T, 4]
+    # Rotation is rigid about a pivot outside the shape: the shape turns and travels along an arc
+    # (applied in _clip_frames, where the result does not depend on the batch shape).
+    pivot = jnp.stack([cx, cy]) + draw(*_PIVOT) * size * _unit(draw(0.0, _TWO_PI))
 
     # Noise bits [T + 1, H, W]: one slice of static texture, then one per frame.
     idx = jnp.arange((num_frames + 1) * size * size, dtype=jnp.uint32)
@@ -227,18 +233,34 @@ def _clip_setup(key, label, num_frames, size):
         main=main,
         accent=accent,
         state=state,
+        pivot=pivot,
+        theta=theta,
         background=_background(draw, noise_bits[0]),
         noise_bits=noise_bits[1:],
         sigma=draw(0.01, 0.04),
     )
 
 
+def _unit(angle):
+    return jnp.stack([jnp.cos(angle), jnp.sin(angle)])
+
+
+def _rotate(angle, xy):
+    """``xy [..., 2]`` turned by ``angle [..., 1]``: clockwise on screen for a positive angle (image y
+    points down). Elementwise, not a matmul, so the result does not depend on the batch shape."""
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    x, y = xy[..., :1], xy[..., 1:]
+    return jnp.concatenate([c * x - s * y, s * x + c * y], -1)
+
+
 def _clip_frames(c):
     """Draw the moving shape over the background and add pixel noise."""
     size = c["background"].shape[0]
     pix = jnp.arange(size, dtype=jnp.float32) + 0.5
-    draw = lambda s: _draw(pix, s[0], s[1], s[2], jnp.exp(s[3]), c["coef"])
-    alpha, wedge = jax.vmap(draw)(c["state"])
+    state = c["state"]  # turning about the pivot moves the shape only for the rotation classes
+    xy = c["pivot"] + _rotate(state[:, 2:3] - c["theta"], state[:, :2] - c["pivot"])
+    draw = lambda s, xy: _draw(pix, xy[0], xy[1], s[2], jnp.exp(s[3]), c["coef"])
+    alpha, wedge = jax.vmap(draw)(state, xy)
     alpha, wedge = alpha[..., None], wedge[..., None]
     colour = c["main"] + wedge * (c["accent"] - c["main"])
     frames = c["background"] + alpha * (colour - c["background"])
