@@ -14,10 +14,12 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 
-from experiments import demo
-from semicnn_jax import models, train
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import demo  # noqa: E402
+from semicnn_jax import models, train  # noqa: E402
 
 MODELS = ("semi_resnet18", "resnet18_3d")
 

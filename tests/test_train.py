@@ -12,30 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import base, demo
+import demo_run
+from experiments import base
 from semicnn_jax import train
 from semicnn_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**overrides):
-    config = demo.get_config()
-    config.model.name = "semi_resnet18"
-    config.model.width = 1 / 16
-    config.num_frames, config.crop_size = 4, 32
-    config.dataset.train_size, config.dataset.eval_size = 64, 12
-    config.per_device_batch_size = 4
-    config.accumulation_steps = 2
-    config.num_epochs = 2
-    config.log_every_steps = 4
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return config
+tiny_config = demo_run.tiny_run_config  # width 1/16, 4 x 32 x 32 clips, 2 epochs of 8 steps
 
 
 def test_accumulated_update_on_two_devices_equals_one_update_on_the_whole_batch():
