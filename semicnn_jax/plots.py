@@ -188,9 +188,9 @@ def plot_features(workdir: str, video_path: str, out: str, checkpoint: str = "be
     from semicnn_jax.data import video
 
     model, variables, run = predict.load_run(workdir, checkpoint)
-    frames = video.read_video(video_path)
-    prediction = predict.classify_frames(inference.make_predict_fn(model), variables, run, frames, name=video_path)
+    frames = video.read_video(video_path)  # all of them: the drawn clip's frame numbers need the length
     clips = video.eval_clips(frames, run.num_frames, run.crop_size)
+    prediction = predict.predict_clips(inference.make_predict_fn(model), variables, run, clips, name=video_path)
     index = len(clips) // 2 if clip_index is None else clip_index
     if not 0 <= index < len(clips):
         raise ValueError(f"--clip={clip_index}: {video_path} has {len(clips)} clips")

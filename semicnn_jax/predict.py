@@ -4,7 +4,8 @@
     python -m semicnn_jax.predict --workdir=runs/demo --checkpoint=latest --json clip.avi
 
 Video level, as in evaluation: every non-overlapping ``num_frames`` clip of the video (the last one
-loop-padded; centre crop of the short side resized to ``crop_size``), softmax averaged over the clips.
+loop-padded; centre crop of the short side resized to ``crop_size``; read by ``video.read_eval_clips``
+like the evaluation loader), softmax averaged over the clips.
 The model, its options, the clip size and the class names come from the run's ``run.json``; the
 weights from one of its checkpoints (``best``: highest eval top-1 among the checkpoints present;
 ``latest``; or a step number). A video that cannot be read is named on stderr, the others are still
@@ -37,6 +38,7 @@ from absl import logging
 from semicnn_jax import inference, models
 from semicnn_jax.data import video
 from semicnn_jax.inference import normalize  # training's ImageNet normalisation
+
 
 class RunError(ValueError):
     """A workdir or checkpoint that cannot be used; the message names it and says why."""
@@ -265,18 +267,25 @@ def classify_clips(predict_fn: Callable, variables, clips: np.ndarray, batch_siz
     return (total / count).astype(np.float32)
 
 
-def classify_frames(predict_fn: Callable, variables, run: RunInfo, frames: np.ndarray, name: str = "",
-                    batch_size: int = 8) -> Prediction:
-    """The prediction for decoded frames ``uint8 [T, H, W, 3]`` (any T >= 1, any size)."""
-    clips = video.eval_clips(frames, run.num_frames, run.crop_size)
+def predict_clips(predict_fn: Callable, variables, run: RunInfo, clips: np.ndarray, name: str = "",
+                  batch_size: int = 8) -> Prediction:
+    """The prediction for a video's evaluation clips ``uint8 [K, T, S, S, 3]``."""
     probs = classify_clips(predict_fn, variables, clips, batch_size)
     return Prediction(video=name, probabilities=probs, num_clips=len(clips), class_names=run.class_names)
 
 
+def classify_frames(predict_fn: Callable, variables, run: RunInfo, frames: np.ndarray, name: str = "",
+                    batch_size: int = 8) -> Prediction:
+    """The prediction for decoded frames ``uint8 [T, H, W, 3]`` (any T >= 1, any size)."""
+    clips = video.eval_clips(frames, run.num_frames, run.crop_size)
+    return predict_clips(predict_fn, variables, run, clips, name, batch_size)
+
+
 def classify(predict_fn: Callable, variables, run: RunInfo, path: str, batch_size: int = 8) -> Prediction:
-    """The prediction for a video file; ``video.VideoError`` naming it if it cannot be read."""
-    return classify_frames(predict_fn, variables, run, video.read_video(path), name=str(path),
-                           batch_size=batch_size)
+    """The prediction for a video file, its clips read as evaluation reads them
+    (``video.read_eval_clips``); ``video.VideoError`` naming it if it cannot be read."""
+    clips = video.read_eval_clips(path, run.num_frames, run.crop_size)
+    return predict_clips(predict_fn, variables, run, clips, str(path), batch_size)
 
 
 # ---------------------------------------------------------------------------- command line

@@ -224,13 +224,13 @@ def evaluate(p_eval_step, state, source, global_batch: int) -> dict:
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     """Latest ``keep_checkpoints`` checkpoints plus the best by eval top-1."""
     from orbax.checkpoint import checkpoint_managers as policies
+    top1 = lambda metrics: metrics["eval_top1"]  # noqa: E731
     preserve = policies.AnyPreservationPolicy([
         policies.LatestN(n=config.get("keep_checkpoints", 3)),
-        policies.BestN(get_metric_fn=lambda m: m["eval_top1"], n=1, keep_checkpoints_without_metrics=False),
+        policies.BestN(get_metric_fn=top1, n=1, keep_checkpoints_without_metrics=False),
     ])
     # best_fn makes orbax store each checkpoint's metrics, so the best survives a restart.
-    options = ocp.CheckpointManagerOptions(preservation_policy=preserve, best_fn=lambda m: m["eval_top1"],
-                                           best_mode="max", create=True)
+    options = ocp.CheckpointManagerOptions(preservation_policy=preserve, best_fn=top1, best_mode="max", create=True)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 

@@ -81,8 +81,8 @@ def test_video_probabilities_are_the_mean_of_its_clips_softmax_any_length(run, t
         path = demo_run.write_video(str(tmp_path / f"len{len(frames)}.mp4"), as_video_frames(frames))
         result = predict.classify(predict_fn, variables, info, path)
         assert result.num_clips == expected_clips and result.video == path
-        decoded = video.eval_clips(video.read_video(path), config.num_frames, config.crop_size)
-        by_clip = [predict_fn(variables, train.normalize(c[None]))[0] for c in decoded]  # one at a time
+        decoded = video.read_eval_clips(path, config.num_frames, config.crop_size)  # as evaluation reads them
+        by_clip = [predict_fn(variables, inference.normalize(c[None]))[0] for c in decoded]  # one at a time
         np.testing.assert_allclose(result.probabilities, np.mean(by_clip, axis=0), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(result.probabilities.sum(), 1.0, rtol=1e-5)
 
