@@ -5,7 +5,9 @@
         --config.dataset.data_dir=/data/ucf101
 """
 
-import jax
+from semicnn_jax import console  # noqa: F401  (first: quiets libraries before they load)
+
+import jax  # noqa: E402
 from absl import app, flags, logging
 from ml_collections import config_flags
 

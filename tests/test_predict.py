@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import demo_run
+from test_train import assert_project_lines_first
 from semicnn_jax import inference, models, predict, train
 from semicnn_jax.data import synthetic_motion, video
 
@@ -44,7 +45,7 @@ def videos(run, tmp_path_factory):
 
 
 def cli(*args, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}  # a newcomer's
     return subprocess.run([sys.executable, "-m", "semicnn_jax.predict", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -54,6 +55,7 @@ def test_cli_classifies_avi_and_mp4_videos_well_above_chance_in_the_json_shape(r
     paths = [p for ext in (".avi", ".mp4") for p, _ in videos[ext]]
     result = cli(f"--workdir={workdir}", "--json", *paths)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_project_lines_first(result.stderr, "semi_resnet18 from")
     answers = json.loads(result.stdout)
     assert [a["video"] for a in answers] == paths
     class_names = list(synthetic_motion.CLASS_NAMES)

@@ -149,6 +149,14 @@ def test_paper_configs_carry_the_recipe():
         assert (config.num_frames, config.crop_size, config.dataset.split) == (16, 224, 1)
 
 
+def assert_project_lines_first(output: str, first_from: str) -> None:
+    """The first line is the project's (from ``first_from``); no library banner anywhere."""
+    assert first_from in output.splitlines()[0], output[:2000]
+    for banner in ("backend 'tpu'", "oneDNN", "absl::InitializeLog", "cpu_feature_guard", "orbax-checkpoint version",
+                   "CheckpointManager", "Traceback"):
+        assert banner not in output, (banner, output[:3000])
+
+
 def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -157,10 +165,14 @@ def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
            "--config.model.width=0.0625", "--config.num_frames=4", "--config.crop_size=32",
            "--config.dataset.train_size=32", "--config.dataset.eval_size=8", "--config.num_epochs=1",
            "--config.per_device_batch_size=4", "--config.accumulation_steps=2", "--config.log_every_steps=2"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    # As a newcomer runs it: no JAX platform chosen, TensorFlow's C++ logging at its default.
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1/1 step 4: train loss" in result.stderr
+    assert_project_lines_first(result.stderr, "main.py")
+
     assert os.listdir(workdir / "checkpoints") == ["4"]
     events = event_accumulator.EventAccumulator(str(workdir))
     events.Reload()
