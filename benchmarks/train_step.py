@@ -54,7 +54,7 @@ def time_train_steps(model_name: str, dtype: str, args) -> dict:
     config.num_frames, config.crop_size = args.frames, args.size
     config.accumulation_steps = 1
     model = train.create_model(config, num_classes=101)
-    variables = train.init_variables(config, model, (1, args.frames, args.size, args.size, 3))
+    variables = models.init_variables(model, (1, args.frames, args.size, args.size, 3), config.seed)
     tx = train.create_optimizer(config)
     state = train.replicate(train.initial_state(config, variables, tx))
     step = train.data_parallel(functools.partial(train.train_step, model=model, tx=tx), donate_state=True)

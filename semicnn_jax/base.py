@@ -37,6 +37,8 @@ class Pool:
 
 SPATIAL_POOL = Pool((1, 3, 3), (1, 2, 2), (0, 1, 1))
 TEMPORAL_POOL = Pool((3, 1, 1), (2, 1, 1), (1, 0, 0))
+FRAME_POOL = Pool((1, 2, 2), (1, 2, 2))  # halves each frame (VGG stages, DenseNet transitions)
+CUBE_POOL = Pool((2, 2, 2), (2, 2, 2))  # halves time and space
 
 
 def check_clip(clip: jax.Array) -> None:

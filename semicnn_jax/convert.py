@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from semicnn_jax import models, resnet, vgg
+from semicnn_jax import densenet, models, resnet, vgg
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def _vgg_feature_index() -> dict[str, int]:
 
 _VGG_FEATURE_INDEX = _vgg_feature_index()
 _VGG_FC = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
-# torchvision DenseNet-BC block configurations (growth 32, 64 initial features, bn_size 4).
-_DENSENET_BLOCKS = {"densenet121": (6, 12, 24, 16), "densenet169": (6, 12, 32, 32)}
+_DENSENET_BLOCKS = {f"densenet{depth}": blocks for depth, blocks in densenet.BLOCKS.items()}  # torchvision's
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -414,13 +413,6 @@ def torchvision_state_dict(name: str) -> dict:
     return dict(weights.get_state_dict(progress=True))
 
 
-def init_variables(model_name: str, num_classes: int, num_frames: int, image_size: int, seed: int = 0) -> dict:
-    """The model's freshly initialised variables for clips [1, num_frames, image_size, image_size, 3]."""
-    model = models.create(model_name, num_classes=num_classes)
-    clip = jnp.zeros((1, num_frames, image_size, image_size, 3), jnp.float32)
-    return flax.core.unfreeze(jax.jit(lambda key: model.init(key, clip, train=False))(jax.random.key(seed)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m semicnn_jax.convert",
                                      description="Writes a zoo model's variables initialised from "
@@ -442,7 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         source_name = args.torch_weights or f"torchvision {args.torchvision}"
         state = (load_torch_state_dict(args.torch_weights) if args.torch_weights
                  else torchvision_state_dict(args.torchvision))
-        variables = init_variables(args.model, args.num_classes, args.num_frames, args.image_size, args.seed)
+        model = models.create(args.model, num_classes=args.num_classes)
+        clip_shape = (1, args.num_frames, args.image_size, args.image_size, 3)
+        variables = models.init_variables(model, clip_shape, args.seed)
         result = convert_state_dict(args.model, state, variables, strict=args.strict)
     except (ValueError, OSError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

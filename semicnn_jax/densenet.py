@@ -21,11 +21,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from semicnn_jax import base, layers
-from semicnn_jax.base import KINDS, SPATIAL_POOL, TEMPORAL_POOL, Pool
+from semicnn_jax.base import CUBE_POOL, FRAME_POOL, KINDS, SPATIAL_POOL, TEMPORAL_POOL, Pool
 
 GROWTH, BN_SIZE, INIT_FEATURES = 32, 4, 64
-FRAME_POOL = Pool((1, 2, 2), (1, 2, 2))
-CUBE_POOL = Pool((2, 2, 2), (2, 2, 2))
+# Dense layers per block by depth: torchvision's block_config, and the semi model's three
+# spatio-temporal blocks (the released code).
+BLOCKS = {121: (6, 12, 24, 16), 169: (6, 12, 32, 32)}
+SEMI_ST_BLOCKS = {121: (12, 12, 16), 169: (16, 16, 32)}
 
 
 class DenseLayer(nn.Module):

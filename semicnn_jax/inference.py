@@ -26,25 +26,23 @@ def make_predict_fn(model: nn.Module, dtype: Any = None) -> Callable[[Any, jax.A
     (e.g. ``jnp.bfloat16``) overrides the model's computation dtype; parameters are used as
     stored. Each new clip shape compiles once.
     """
-    if dtype is not None:
-        model = model.clone(dtype=jnp.dtype(dtype))
-
-    @jax.jit
-    def predict(variables, clip):
-        logits = model.apply(variables, clip, train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-    return predict
+    return _make_eval_fn(model, dtype, return_features=False)
 
 
-def make_features_fn(model: nn.Module, dtype: Any = None):
+def make_features_fn(model: nn.Module, dtype: Any = None) -> Callable[[Any, jax.Array], tuple[jax.Array, dict]]:
     """Jitted ``(variables, clip) -> (probabilities, stage features)`` for visualisation."""
+    return _make_eval_fn(model, dtype, return_features=True)
+
+
+def _make_eval_fn(model: nn.Module, dtype: Any, return_features: bool) -> Callable:
     if dtype is not None:
         model = model.clone(dtype=jnp.dtype(dtype))
 
     @jax.jit
-    def features(variables, clip):
-        logits, feats = model.apply(variables, clip, train=False, return_features=True)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), feats
+    def evaluate(variables, clip):
+        output = model.apply(variables, clip, train=False, return_features=return_features)
+        logits, features = output if return_features else (output, None)
+        probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return (probabilities, features) if return_features else probabilities
 
-    return features
+    return evaluate

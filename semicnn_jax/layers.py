@@ -6,11 +6,12 @@ lower it to a form that the backend runs faster:
 
 * ``'3d'``: one 3D convolution (best on GPU, where cuDNN handles 3D well);
 * ``'2d'``: 2D convolutions and matrix products only (best on CPU, where XLA's 3D
-  convolution is 5-8x slower than the same work as 2D convolutions):
+  convolution is several times slower than the same work as 2D convolutions;
+  ``benchmarks/README.md``):
   - 1x1x1: a matrix product;
   - small outputs (at most 32 positions per clip), or a window larger than the frame: im2col
     and one matrix product (XLA would otherwise swap such a 2D convolution's operands and run
-    it as a naive loop, 50x slower);
+    it as a naive loop);
   - kxkxk on thin inputs (kt * Cin <= 64, e.g. the 7x7x7 stem): the temporal taps stacked on
     channels, one 2D convolution;
   - 1xkxk (spatial): time folded into the batch, one 2D convolution;
@@ -176,7 +177,7 @@ class Conv(nn.Module):
 def max_pool(x: Array, window: Triple, strides: Triple, padding: Any = 0) -> Array:
     """3D max pooling with PyTorch's explicit (implicit -inf) padding.
 
-    Separable: one window per axis (exact for a max, and 2-4x faster than one 3D window on CPU).
+    Separable: one window per axis (exact for a max, and faster than one 3D window on CPU).
     """
     window, strides, padding = _triple(window), _triple(strides), _padding(padding)
     y = x

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semicnn_jax import densenet, resnet, vgg
+from semicnn_jax import densenet, layers, resnet, vgg
 
 COMMON_OPTIONS = ("num_classes", "width", "dtype", "axis_name", "lowering")
 
@@ -39,12 +39,13 @@ for _depth in sorted(resnet.DEPTHS):
     _REGISTRY[f"resnet{_depth}_2d"] = _entry(resnet.ResNet, **resnet.resnet_2d(_depth))
     _REGISTRY[f"resnet{_depth}_3d"] = _entry(resnet.ResNet, **resnet.resnet_3d(_depth))
     _REGISTRY[f"semi_resnet{_depth}"] = _entry(resnet.ResNet, ("head",), **resnet.semi_resnet(_depth))
-for _depth, _blocks, _st in ((121, (6, 12, 24, 16), (12, 12, 16)), (169, (6, 12, 32, 32), (16, 16, 32))):
+for _depth, _blocks in densenet.BLOCKS.items():
     _REGISTRY[f"densenet{_depth}_2d"] = _entry(densenet.DenseNet, block_config=_blocks, kind="spatial")
     _REGISTRY[f"densenet{_depth}_3d"] = _entry(densenet.DenseNet, block_config=_blocks, kind="spatiotemporal")
-    _REGISTRY[f"semi_densenet{_depth}"] = _entry(densenet.SemiDenseNet, ("reading", "head"), st_config=_st)
+    _REGISTRY[f"semi_densenet{_depth}"] = _entry(densenet.SemiDenseNet, ("reading", "head"),
+                                                 st_config=densenet.SEMI_ST_BLOCKS[_depth])
 
-_CHOICES = {"head": ("single", "multilevel"), "reading": ("a", "b"), "lowering": ("auto", "3d", "2d")}
+_CHOICES = {"head": ("single", "multilevel"), "reading": ("a", "b"), "lowering": layers.LOWERINGS}
 
 
 def names() -> tuple[str, ...]:
@@ -94,6 +95,13 @@ def abstract_variables(model: nn.Module, clip_shape: tuple[int, ...] = (1, 16, 2
     """The model's variables as shapes only (``jax.eval_shape``: nothing is allocated)."""
     clip = jax.ShapeDtypeStruct(clip_shape, jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clip)
+
+
+def init_variables(model: nn.Module, clip_shape: tuple[int, ...], seed: int = 0) -> dict:
+    """Freshly initialised ``{'params', 'batch_stats'}`` for clips of ``clip_shape`` (one jitted init)."""
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(seed),
+                                                                    jnp.zeros(clip_shape, jnp.float32))
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def num_params(tree: Any) -> int:

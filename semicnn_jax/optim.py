@@ -9,19 +9,17 @@ checkpointed.
 ``plateau`` returns ``optax.contrib.reduce_on_plateau`` configured to behave
 like ``torch.optim.lr_scheduler.ReduceLROnPlateau(mode='min',
 threshold_mode='rel')``. The training loop keeps its state apart from the
-optimiser state and steps it once per epoch with the validation loss::
+optimiser state, steps it once per epoch with the validation loss, and
+multiplies SGD's final update by its scale inside the jitted step (SGD's
+update is linear in the learning rate, so this is training at
+``base_lr * scale`` without recompiling)::
 
     lr_tx = plateau(factor=0.1, patience=10)
     lr_state = plateau_init(lr_tx)
     for epoch in range(num_epochs):
-        ...  # train with learning rate base_lr * lr_state.scale
+        ...  # updates = updates * lr_state.scale
         lr_state = plateau_step(lr_tx, lr_state, val_loss)
 
-To feed the scale into ``sgd`` without re-jitting, build the optimiser with
-``optax.inject_hyperparams(sgd, static_args=("momentum", "dampening",
-"weight_decay"))(learning_rate=base_lr, ...)`` and set
-``opt_state.hyperparams["learning_rate"] = base_lr * lr_state.scale`` each
-epoch.
 Torch's ``min_lr`` corresponds to ``min_scale = min_lr / base_lr``.
 """
 

@@ -3,7 +3,7 @@
     python -m semicnn_jax.plots curves runs/semi_resnet18 runs/resnet18_3d --out curves.png
     python -m semicnn_jax.plots features --workdir=runs/demo clip.avi --out features.png
 
-``curves`` reads the runs' TensorBoard event files (no TensorFlow needed) and draws loss, top-1
+``curves`` reads the runs' ``metrics.jsonl`` (one line per evaluated epoch) and draws loss, top-1
 and top-5 accuracy (train; evaluation per clip and per video) and the learning rate against epochs,
 one colour per run, named by its model. ``features`` shows one clip of a video as the model sees it
 (its ``num_frames`` frames after the evaluation crop), the channel-averaged maps of every stage the
@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
-import math
 import os
-import struct
 import sys
 from typing import Sequence
 
@@ -29,67 +26,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# ---------------------------------------------------------------------------- TensorBoard events
+# ---------------------------------------------------------------------------- metrics.jsonl
 
 
-def _records(path: str):
-    """The records of a TFRecord file (length, crc, data, crc), tolerating a truncated tail."""
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
-        end = pos + 12 + length
-        if end + 4 > len(data):
-            return  # a record still being written
-        yield data[pos + 12:end]
-        pos = end + 4
-
-
-def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
-    """Every scalar of the run's event files: ``{tag: {step: value}}`` (a step written twice, e.g.
-    by a resumed run, keeps the value written last)."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.util import tensor_util
-
-    events = []
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-        for record in _records(path):
-            event = event_pb2.Event.FromString(record)
-            if event.HasField("summary"):
-                events.append(event)
-    scalars: dict[str, dict[int, float]] = {}
-    for event in sorted(events, key=lambda e: e.wall_time):
-        for value in event.summary.value:
-            if value.HasField("tensor"):
-                array = tensor_util.make_ndarray(value.tensor)
-                if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+def read_metrics(workdir: str) -> list[dict]:
+    """The run's evaluations from ``metrics.jsonl``, one per epoch in epoch order (an epoch recorded
+    twice, e.g. re-run after a kill, keeps its last line; a half-written last line is ignored)."""
+    by_epoch = {}
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
                     continue
-                number = float(array.reshape(()))
-            elif value.HasField("simple_value"):
-                number = float(value.simple_value)
-            else:
-                continue
-            scalars.setdefault(value.tag, {})[int(event.step)] = number
-    return scalars
+                by_epoch[record["epoch"]] = record
+    except FileNotFoundError:
+        return []
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def epoch_curves(scalars: dict[str, dict[int, float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-epoch curves ``{tag: (epochs, values)}``.
-
-    Evaluations run once per epoch, at its last step, so the steps of ``eval/loss`` are multiples of
-    the steps per epoch (their gcd). Training scalars are taken at those steps too, where the loop
-    writes the epoch's average.
-    """
-    eval_steps = sorted(scalars.get("eval/loss", {}))
-    if not eval_steps:
-        return {}
-    steps_per_epoch = math.gcd(*eval_steps)
+def epoch_curves(records: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-epoch curves ``{tag: (epochs, values)}`` of every number the evaluations recorded."""
+    tags = {tag for record in records for tag, value in record.items()
+            if "/" in tag or tag == "learning_rate"}
     curves = {}
-    for tag, values in scalars.items():
-        steps = [s for s in eval_steps if s in values]
-        if steps:
-            curves[tag] = (np.array(steps) / steps_per_epoch, np.array([values[s] for s in steps]))
+    for tag in sorted(tags):
+        points = [(r["epoch"], r[tag]) for r in records if isinstance(r.get(tag), (int, float))]
+        if points:
+            epochs, values = zip(*points)
+            curves[tag] = (np.array(epochs), np.array(values, np.float64))
     return curves
 
 
@@ -130,10 +96,9 @@ def plot_curves(workdirs: Sequence[str], out: str) -> str:
     for workdir in workdirs:
         if not os.path.isdir(workdir):
             raise ValueError(f"{workdir}: no such run directory")
-        curves = epoch_curves(read_scalars(workdir))
+        curves = epoch_curves(read_metrics(workdir))
         if not curves:
-            raise ValueError(f"{workdir}: no evaluation scalars in its TensorBoard events (events.out.tfevents.*); "
-                             "has it finished an epoch?")
+            raise ValueError(f"{workdir}: no evaluations in its metrics.jsonl; has it finished an epoch?")
         runs.append((workdir, run_label(workdir), curves))
     labels = [label for _, label, _ in runs]
     # Two runs of the same model are told apart by their directory.
@@ -279,7 +244,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m semicnn_jax.plots", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     curves = commands.add_parser("curves", help="loss, accuracy and learning rate against epochs, runs overlaid")
-    curves.add_argument("runs", nargs="+", metavar="RUN", help="training workdirs (TensorBoard events, run.json)")
+    curves.add_argument("runs", nargs="+", metavar="RUN", help="training workdirs (metrics.jsonl, run.json)")
     curves.add_argument("--out", default="curves.png", help="PNG to write (default: curves.png)")
     features = commands.add_parser("features", help="a clip's frames, stage features and top-5")
     features.add_argument("--workdir", required=True, help="the training run's directory")

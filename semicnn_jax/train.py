@@ -98,12 +98,6 @@ def create_plateau(config):
     return optim.plateau(config.plateau_factor, config.plateau_patience, config.get("plateau_threshold", 1e-4))
 
 
-def init_variables(config, model, clip_shape) -> dict:
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.key(config.seed), jnp.zeros(clip_shape, jnp.float32))
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-
 def initial_state(config, variables, tx) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
                       params=variables["params"], batch_stats=variables["batch_stats"],
@@ -315,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     model = create_model(config, info.num_classes)
     clip_shape = (1, config.num_frames, config.crop_size, config.crop_size, 3)
-    variables, frozen = load_pretrained(config, init_variables(config, model, clip_shape))
+    variables, frozen = load_pretrained(config, models.init_variables(model, clip_shape, config.seed))
     tx = create_optimizer(config, frozen if config.freeze_pretrained else None)
     state = initial_state(config, variables, tx)
     plateau_tx = create_plateau(config)

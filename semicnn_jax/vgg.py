@@ -12,10 +12,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from semicnn_jax import base, layers
-from semicnn_jax.base import KINDS, TEMPORAL_POOL, Pool
-
-FRAME_POOL = Pool((1, 2, 2), (1, 2, 2))
-CUBE_POOL = Pool((2, 2, 2), (2, 2, 2))
+from semicnn_jax.base import CUBE_POOL, FRAME_POOL, KINDS, TEMPORAL_POOL, Pool
 
 # (name, channels) per convolution, None for a pool. torchvision's vgg16.features, in order.
 VGG16_FEATURES = (("conv1_1", 64), ("conv1_2", 64), None, ("conv2_1", 128), ("conv2_2", 128), None,

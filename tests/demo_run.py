@@ -62,17 +62,7 @@ def tiny_demo_config(**overrides):
     config.log_every_steps = 32
     config.keep_checkpoints = 3
     config.seed = 0
-    return override(config, overrides)
-
-
-def override(config, overrides: dict):
-    """Sets ``{'model.width': 0.25, ...}`` (dotted keys) in ``config``; returns it."""
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
+    config.update_from_flattened_dict(overrides)  # dotted keys: {"model.width": 0.25, ...}
     return config
 
 
@@ -123,7 +113,8 @@ def tiny_run_config(**overrides):
     config.dataset.train_size, config.dataset.eval_size = 64, 12
     config.per_device_batch_size, config.accumulation_steps = 4, 2
     config.num_epochs, config.log_every_steps = 2, 4
-    return override(config, overrides)
+    config.update_from_flattened_dict(overrides)
+    return config
 
 
 def tiny_run(workdir: str, **overrides):

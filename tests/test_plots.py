@@ -1,4 +1,4 @@
-"""``python -m semicnn_jax.plots``: curves from TensorBoard events and a clip's features, as PNGs."""
+"""``python -m semicnn_jax.plots``: curves from metrics.jsonl and a clip's features, as PNGs."""
 
 import json
 import os
@@ -47,16 +47,33 @@ def assert_png(path, min_width, min_height):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
-def test_epoch_curves_from_tensorboard_events_match_the_metrics_file(runs):
+def test_epoch_curves_from_the_metrics_file_match_the_tensorboard_events(runs, tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
     workdir = next(iter(runs))  # 2 epochs of 8 steps, train scalars every 4 steps
-    curves = plots.epoch_curves(plots.read_scalars(workdir))
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+    events = event_accumulator.EventAccumulator(workdir)
+    events.Reload()
+    eval_steps = [e.step for e in events.Tensors("eval/loss")]
+    assert len(eval_steps) == 2
+    curves = plots.epoch_curves(plots.read_metrics(workdir))
     for tag in ("train/loss", "train/top1", "eval/loss", "eval/top1", "eval/top5", "eval/video_top1",
                 "eval/video_top5", "learning_rate"):
+        logged = {e.step: float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))
+                  for e in events.Tensors(tag)}
         epochs, values = curves[tag]
-        np.testing.assert_array_equal(epochs, [r["epoch"] for r in records])
-        np.testing.assert_allclose(values, [r[tag] for r in records], rtol=1e-6)
+        np.testing.assert_array_equal(epochs, [1, 2])
+        np.testing.assert_allclose(values, [logged[s] for s in eval_steps], rtol=1e-6)
+
+    # An epoch recorded again (re-run after a kill) keeps its last line; a torn last line is ignored.
+    again = tmp_path / "again"
+    again.mkdir()
+    lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+    rerun = json.dumps(dict(json.loads(lines[1]), **{"eval/loss": 0.5}))
+    (again / "metrics.jsonl").write_text("\n".join([lines[0], lines[1], rerun, '{"epoch": 3, "eval/lo']) + "\n")
+    epochs, values = plots.epoch_curves(plots.read_metrics(str(again)))["eval/loss"]
+    np.testing.assert_array_equal(epochs, [1, 2])
+    assert values[1] == 0.5
 
 
 def test_curves_cli_overlays_runs_into_a_png(runs, tmp_path):
@@ -79,9 +96,9 @@ def test_run_labels_name_the_model_and_tell_twins_apart(runs, tmp_path, monkeypa
     assert seen["l"] == ["semi_resnet18 (semi)", "resnet18_3d", "semi_resnet18 (again)"]
 
 
-def test_curves_of_a_directory_without_events_fail_naming_it(tmp_path, capsys):
+def test_curves_of_a_directory_without_evaluations_fail_naming_it(tmp_path, capsys):
     assert plots.main(["curves", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
-    assert f"{tmp_path}: no evaluation scalars" in capsys.readouterr().err
+    assert f"{tmp_path}: no evaluations in its metrics.jsonl" in capsys.readouterr().err
     assert plots.main(["curves", str(tmp_path / "nowhere")]) == 1
     assert f"{tmp_path / 'nowhere'}: no such run directory" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()

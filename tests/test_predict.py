@@ -50,6 +50,7 @@ def cli(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_classifies_avi_and_mp4_videos_well_above_chance_in_the_json_shape(run, videos):
     workdir, _ = run
     paths = [p for ext in (".avi", ".mp4") for p, _ in videos[ext]]

@@ -14,7 +14,7 @@ import pytest
 
 import demo_run
 from experiments import base
-from semicnn_jax import train
+from semicnn_jax import models, train
 from semicnn_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def test_accumulated_update_on_two_devices_equals_one_update_on_the_whole_batch(
     config = tiny_config(**{"model.name": "c3d", "model.options": {"dropout_rate": 0.0}})
     config.num_frames = 16
     model = train.create_model(config, num_classes=8)
-    variables = train.init_variables(config, model, (1, 16, 32, 32, 3))
+    variables = models.init_variables(model, (1, 16, 32, 32, 3), config.seed)
     rng = np.random.default_rng(0)
     video = rng.uniform(size=(8, 16, 32, 32, 3)).astype(np.float32)
     label = rng.integers(0, 8, size=8).astype(np.int32)
@@ -190,7 +190,7 @@ def test_frozen_pretrained_parameters_stay_bit_identical(tmp_path):
     config = tiny_config(**{"model.width": 1.0, "init_from": str(tmp_path / "semi_resnet18.msgpack"),
                             "freeze_pretrained": True, "accumulation_steps": 1, "max_steps": 3})
     model = train.create_model(config, num_classes=8, axis_name=None)
-    variables = train.init_variables(config, model, (1, 4, 32, 32, 3))
+    variables = models.init_variables(model, (1, 4, 32, 32, 3), config.seed)
     converted, moved = convert.from_torchvision("semi_resnet18", torchvision.models.resnet18().state_dict(),
                                                 variables)
     assert moved == 387_648
@@ -250,7 +250,7 @@ def test_unreadable_examples_do_not_count_in_the_training_loss():
     config = tiny_config(**{"model.name": "c3d", "model.options": {"dropout_rate": 0.0}, "accumulation_steps": 1})
     config.num_frames = 16
     model = train.create_model(config, num_classes=8)
-    variables = train.init_variables(config, model, (1, 16, 32, 32, 3))
+    variables = models.init_variables(model, (1, 16, 32, 32, 3), config.seed)
     tx = train.create_optimizer(config)
     state = train.replicate(train.initial_state(config, variables, tx))
     step = train.data_parallel(functools.partial(train.train_step, model=model, tx=tx))

@@ -9,8 +9,7 @@ The loaders read clips straight from the decoded YUV frames (``read_train_clip``
 ``read_eval_clips``): an FFmpeg filter graph per crop box crops the planes without copying and
 scales them to ``crop_size`` in planar RGB, interpolating the chroma bilinearly from its own
 resolution, then packs RGB: one pass over ``crop_size**2`` output pixels instead of converting the
-whole frame and resizing it plane by plane (about 2.5x less CPU per clip, and closer to an exact
-reference). The array functions (``read_video`` + ``eval_clips``, ``read_clip`` + ``train_clip``)
+whole frame and resizing it plane by plane (less CPU per clip, and closer to an exact reference). The array functions (``read_video`` + ``eval_clips``, ``read_clip`` + ``train_clip``)
 give the same crops from RGB frames, within a few levels where the chroma has fine detail.
 """
 
