@@ -31,14 +31,13 @@ tree (``{'params': ..., 'batch_stats': ...}``) as numpy arrays.
 
 Command::
 
-    python -m semicnn_jax.convert --model semi_resnet18 --torch-weights resnet18-f37072fd.pth \\
-        --out weights/semi_resnet18_imagenet.msgpack [--num-frames 16] [--num-classes 101]
+    python -m semicnn_jax.convert --model semi_resnet18 --torch_weights resnet18-f37072fd.pth \\
+        --out weights/semi_resnet18_imagenet.msgpack [--num_frames 16] [--num_classes 101]
     python -m semicnn_jax.convert --model semi_resnet18 --torchvision resnet18 --out ...  # downloads
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
@@ -50,6 +49,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from flax import traverse_util
 
 from semicnn_jax import densenet, models, resnet, vgg
@@ -413,45 +413,51 @@ def torchvision_state_dict(name: str) -> dict:
     return dict(weights.get_state_dict(progress=True))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m semicnn_jax.convert",
-                                     description="Writes a zoo model's variables initialised from "
-                                                 "torchvision ImageNet weights (Flax msgpack).")
-    parser.add_argument("--model", required=True, help="registry name, e.g. semi_resnet18, resnet18_2d")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--torch-weights", help="a .pth written by torch.save(model.state_dict())")
-    source.add_argument("--torchvision", help="torchvision weights to download: resnet18 or resnet18:IMAGENET1K_V1")
-    parser.add_argument("--out", required=True, help="output .msgpack file")
-    parser.add_argument("--num-frames", type=int, default=16)
-    parser.add_argument("--num-classes", type=int, default=101)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--seed", type=int, default=0, help="initialisation of the layers not converted")
-    parser.add_argument("--strict", action="store_true", help="fail if a state dict key is left unused")
-    args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command's flags (defined only when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("model", None, "Registry name, e.g. semi_resnet18, resnet18_2d.", flag_values=values)
+    flags.DEFINE_string("torch_weights", None, "A .pth written by torch.save(model.state_dict()).", flag_values=values)
+    flags.DEFINE_string("torchvision", None, "torchvision weights to download: resnet18 or resnet18:IMAGENET1K_V1.",
+                        flag_values=values)
+    flags.DEFINE_string("out", None, "Output .msgpack file.", flag_values=values)
+    flags.DEFINE_integer("num_frames", 16, "Clip length the model is built for.", flag_values=values)
+    flags.DEFINE_integer("num_classes", 101, "Classifier size (freshly initialised).", flag_values=values)
+    flags.DEFINE_integer("image_size", 224, "Clip height and width the model is built for.", flag_values=values)
+    flags.DEFINE_integer("seed", 0, "Initialisation of the layers not converted.", flag_values=values)
+    flags.DEFINE_boolean("strict", False, "Fail if a state dict key is left unused.", flag_values=values)
+    flags.mark_flags_as_required(["model", "out"], flag_values=values)
+    flags.mark_flags_as_mutual_exclusive(["torch_weights", "torchvision"], required=True, flag_values=values)
 
+
+def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
+    """Writes ``--model``'s variables initialised from ImageNet weights; 2 and a message on bad input."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        _parse(args.model)  # fail on a model without ImageNet counterpart before loading anything
-        source_name = args.torch_weights or f"torchvision {args.torchvision}"
-        state = (load_torch_state_dict(args.torch_weights) if args.torch_weights
-                 else torchvision_state_dict(args.torchvision))
-        model = models.create(args.model, num_classes=args.num_classes)
-        clip_shape = (1, args.num_frames, args.image_size, args.image_size, 3)
-        variables = models.init_variables(model, clip_shape, args.seed)
-        result = convert_state_dict(args.model, state, variables, strict=args.strict)
+        _parse(values.model)  # fail on a model without ImageNet counterpart before loading anything
+        source_name = values.torch_weights or f"torchvision {values.torchvision}"
+        state = (load_torch_state_dict(values.torch_weights) if values.torch_weights
+                 else torchvision_state_dict(values.torchvision))
+        model = models.create(values.model, num_classes=values.num_classes)
+        clip_shape = (1, values.num_frames, values.image_size, values.image_size, 3)
+        variables = models.init_variables(model, clip_shape, values.seed)
+        result = convert_state_dict(values.model, state, variables, strict=values.strict)
     except (ValueError, OSError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    save_variables(args.out, result.variables)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    save_variables(values.out, result.variables)
     total = sum(int(np.size(x)) for x in jax.tree.leaves(result.variables.get("params", {})))
-    print(f"{args.model}: moved {result.n:,} parameter values of {total:,} from {source_name}")
+    print(f"{values.model}: moved {result.n:,} parameter values of {total:,} from {source_name}")
     kept = [k for k in normalize_keys(state) if not k.endswith("num_batches_tracked")]
     if result.unused:
         print(f"unused state dict keys: {len(result.unused)} of {len(kept)}: "
               + ", ".join(summarize_keys(result.unused, kept)))
     else:
         print("unused state dict keys: none")
-    print(f"wrote {args.out}")
+    print(f"wrote {values.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

@@ -13,7 +13,6 @@ each map under the input frames it covers, and the video-level top-5 of ``semicn
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -25,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 # ---------------------------------------------------------------------------- metrics.jsonl
 
@@ -240,31 +240,33 @@ def _save(fig, out: str) -> None:
 # ---------------------------------------------------------------------------- command line
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m semicnn_jax.plots", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    curves = commands.add_parser("curves", help="loss, accuracy and learning rate against epochs, runs overlaid")
-    curves.add_argument("runs", nargs="+", metavar="RUN", help="training workdirs (metrics.jsonl, run.json)")
-    curves.add_argument("--out", default="curves.png", help="PNG to write (default: curves.png)")
-    features = commands.add_parser("features", help="a clip's frames, stage features and top-5")
-    features.add_argument("--workdir", required=True, help="the training run's directory")
-    features.add_argument("video", metavar="VIDEO", help="a video file")
-    features.add_argument("--checkpoint", default="best", help="best (default), latest or a step number")
-    features.add_argument("--clip", type=int, default=None,
-                          help="which of the video's clips to show, from 0 (default: the middle one)")
-    features.add_argument("--out", default="features.png", help="PNG to write (default: features.png)")
-    return parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command's flags (defined only when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("out", None, "PNG to write (default: curves.png or features.png).", flag_values=values)
+    flags.DEFINE_string("workdir", None, "features: the training run's directory.", flag_values=values)
+    flags.DEFINE_string("checkpoint", "best", "features: best, latest or a step number.", flag_values=values)
+    flags.DEFINE_integer("clip", None, "features: which of the video's clips to show, from 0 (default: the middle "
+                         "one).", flag_values=values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+USAGE = ("usage: python -m semicnn_jax.plots curves RUN [RUN ...] [--out=curves.png]\n"
+         "       python -m semicnn_jax.plots features --workdir=RUN VIDEO [--out=features.png] [--checkpoint=best]")
+
+
+def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
+    """``curves RUN...`` or ``features VIDEO``; 1 and a message naming what cannot be read."""
+    command, args = (argv[1], list(argv[2:])) if len(argv) > 1 else (None, [])
+    if command not in ("curves", "features") or not args or (command == "features" and
+                                                             (len(args) != 1 or not values.workdir)):
+        raise app.UsageError(USAGE)
     try:
-        if args.command == "curves":
-            out = plot_curves(args.runs, args.out)
+        if command == "curves":
+            out = plot_curves(args, values.out or "curves.png")
         else:
             from absl import logging
             logging.set_verbosity(logging.ERROR)
-            out = plot_features(args.workdir, args.video, args.out, args.checkpoint, args.clip)
+            out = plot_features(values.workdir, args[0], values.out or "features.png", values.checkpoint,
+                                values.clip)
     except ValueError as e:  # RunError, VideoError and bad arguments are ValueErrors naming the culprit
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -273,4 +275,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from absl import flags
 from flax import traverse_util
 
+from commands import run_command
 from semicnn_jax import convert, models, resnet
 
 ARCHS = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169")
@@ -374,15 +376,13 @@ def test_torchvision_weights_api_is_used(monkeypatch):
 
 
 def test_command_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        convert.main(["--model", "c3d", "--torch-weights", str(tmp_path / "x.pth"), "--out", str(tmp_path / "o")])
-    assert e.value.code == 2 and "c3d has no ImageNet counterpart" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        convert.main(["--model", "semi_resnet18", "--torch-weights", str(tmp_path / "missing.pth"),
-                      "--out", str(tmp_path / "o")])
-    assert e.value.code == 2 and "missing.pth" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # exactly one weights source
-        convert.main(["--model", "semi_resnet18", "--out", str(tmp_path / "o")])
+    code = run_command(convert, ["--model", "c3d", "--torch_weights", str(tmp_path / "x.pth"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "c3d has no ImageNet counterpart" in capsys.readouterr().err
+    code = run_command(convert, ["--model", "semi_resnet18", "--torch_weights", str(tmp_path / "missing.pth"),
+                                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "missing.pth" in capsys.readouterr().err
+    with pytest.raises(flags.IllegalFlagValueError, match="torch_weights"):  # exactly one weights source
+        run_command(convert, ["--model", "semi_resnet18", "--out", str(tmp_path / "o")])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -401,8 +401,8 @@ def _command(request, tmp_path_factory, _one_torch_thread):
                XLA_FLAGS=flags.strip())
     with open(tmp / "stdout", "w") as stdout, open(tmp / "stderr", "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "semicnn_jax.convert", "--model", "semi_resnet18",
-                                 "--torch-weights", str(pth), "--out", str(out), "--num-frames", "4",
-                                 "--image-size", "64"], stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+                                 "--torch_weights", str(pth), "--out", str(out), "--num_frames", "4",
+                                 "--image_size", "64"], stdout=stdout, stderr=stderr, env=env, cwd=REPO)
     yield proc, tmp, out
     if proc.poll() is None:
         proc.kill()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import demo_run
+from commands import run_command
 from semicnn_jax import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,9 +98,9 @@ def test_run_labels_name_the_model_and_tell_twins_apart(runs, tmp_path, monkeypa
 
 
 def test_curves_of_a_directory_without_evaluations_fail_naming_it(tmp_path, capsys):
-    assert plots.main(["curves", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
+    assert run_command(plots, ["curves", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
     assert f"{tmp_path}: no evaluations in its metrics.jsonl" in capsys.readouterr().err
-    assert plots.main(["curves", str(tmp_path / "nowhere")]) == 1
+    assert run_command(plots, ["curves", str(tmp_path / "nowhere")]) == 1
     assert f"{tmp_path / 'nowhere'}: no such run directory" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
 
@@ -121,7 +122,7 @@ def test_features_cli_draws_frames_stage_maps_and_top5(runs, clip_video, tmp_pat
 def test_features_of_an_unreadable_video_fail_naming_it(runs, tmp_path, capsys):
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"not a video" * 100)
-    code = plots.main(["features", f"--workdir={next(iter(runs))}", str(bad), "--out", str(tmp_path / "f.png")])
+    code = run_command(plots, ["features", f"--workdir={next(iter(runs))}", str(bad), "--out", str(tmp_path / "f.png")])
     assert code == 1 and f"error: {bad}: " in capsys.readouterr().err
     assert not (tmp_path / "f.png").exists()
 
