@@ -384,8 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     finally:
         preempted.restore()
         writer.flush()
-        if hasattr(source, "close"):  # loader worker processes
-            source.close()
+        source.close()  # loader worker processes
     return unreplicate(state)
 
 

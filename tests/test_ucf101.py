@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -159,12 +160,12 @@ def ucf_config(data_dir, **dataset):
 
 def test_release_index_labels_split_membership_and_the_handstand_trap(release):
     root, written = release
-    r = ucf101.load_release(root, 1)
-    assert r.class_names == fake_ucf101.CLASSES and not r.missing
-    assert [(os.path.relpath(p, os.path.join(root, "UCF-101")), y) for p, y, _, _ in r.train] == written["train"]
-    assert [(os.path.relpath(p, os.path.join(root, "UCF-101")), y) for p, y, _, _ in r.test] == written["test"]
-    handstand = [p for p, y, _, _ in r.train + r.test if y == 2]
-    assert handstand and all(os.path.isfile(p) and "v_HandStandPushups_" in p for p in handstand)
+    r = ucf101.read_index(ucf_config(root).dataset)
+    assert r.class_names == fake_ucf101.CLASSES and not r.missing() and r.root == os.path.join(root, "UCF-101")
+    assert [(v.rel, v.label) for v in r.train] == written["train"]
+    assert [(v.rel, v.label) for v in r.val] == written["test"]
+    handstand = [v.rel for v in r.train + r.val if v.label == 2]
+    assert handstand and all(os.path.isfile(os.path.join(r.root, p)) and "v_HandStandPushups_" in p for p in handstand)
     with open(os.path.join(root, "ucfTrainTestlist", "testlist01.txt")) as f:
         assert "HandstandPushups/v_HandStandPushups_g01_c01.avi" in f.read()  # the list's spelling
 
@@ -253,8 +254,8 @@ def test_each_process_gets_its_rows(release, monkeypatch):
     whole = list(pipeline.create(ucf_config(root)).train_batches(2, 0, 4))
     parts = []
     for index in (0, 1):
-        monkeypatch.setattr(pipeline.jax, "process_count", lambda: 2)
-        monkeypatch.setattr(pipeline.jax, "process_index", lambda index=index: index)
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
         parts.append(list(pipeline.create(ucf_config(root)).train_batches(2, 0, 4)))
     monkeypatch.undo()
     for batch, first, second in zip(whole, *parts):
