@@ -184,7 +184,7 @@ def test_missing_index_file_is_an_error_naming_it(release, tmp_path, broken):
 
 def test_config_errors_name_the_key_or_path(release, tmp_path):
     root, written = release
-    for key, value, match in [("name", "kinetics", "kinetics"), ("split", 4, "split"), ("data_dir", "", "data_dir"),
+    for key, value, match in [("name", "ucf102", "ucf102"), ("split", 4, "split"), ("data_dir", "", "data_dir"),
                               ("data_dir", str(tmp_path / "nowhere"), "nowhere")]:
         config = ucf_config(root)
         config.dataset[key] = value

@@ -2,8 +2,11 @@
 
 ==================  =====================================================================
 ``synthetic_motion``  the embedded dataset (``synthetic_motion.SyntheticMotion``)
-``ucf101``            UCF-101 release: an index reader (``ucf101``) and the one file source,
-                      ``video_list.VideoList``
+``ucf101``            UCF-101 release             \\
+``hmdb51``            HMDB-51 release              |  an index reader (``ucf101``, ``hmdb51``,
+``kinetics``          Kinetics download            |  ``kinetics``, ``folder``, ``lists``) and the
+``folder``            your videos in class folders |  one file source, ``video_list.VideoList``
+``list``              annotation list files       /
 ``tfds:<name>``       TensorFlow Datasets (``tfds_source.TFDSVideos``), e.g. ``tfds:ucf101/ucf101_1_256``
 ==================  =====================================================================
 
@@ -20,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from semicnn_jax.data import synthetic_motion, tfds_source, ucf101, video_list
+from semicnn_jax.data import folder, hmdb51, kinetics, lists, synthetic_motion, tfds_source, ucf101, video_list
 from semicnn_jax.data.source import (DatasetInfo, Source, epoch_order, eval_index_batches,  # noqa: F401 (re-exported)
                                      process_slice)
 from semicnn_jax.data.synthetic_motion import SyntheticMotion  # noqa: F401 (re-exported)
@@ -56,6 +59,10 @@ def _files(reader, videos=None) -> Entry:
 SOURCES: dict[str, Entry] = {
     "synthetic_motion": Entry(_no_files, synthetic_motion.SyntheticMotion, synthetic_motion.FIELDS),
     "ucf101": _files(ucf101, ucf101.all_videos),
+    "hmdb51": _files(hmdb51, hmdb51.all_videos),
+    "kinetics": _files(kinetics),
+    "folder": _files(folder),
+    "list": _files(lists),
     TFDS: Entry(tfds_source.validate, tfds_source.TFDSVideos, tfds_source.FIELDS),
 }
 
