@@ -59,8 +59,9 @@ def get_config(model_name: str = "semi_resnet18") -> ml_collections.ConfigDict:
     config.plateau_threshold = 1e-4
     config.num_epochs = 50
 
-    config.init_from = ""  # a converted ImageNet file (weights/README.md)
-    config.freeze_pretrained = False
+    config.init_from = ""  # a converted ImageNet file (weights/README.md), or a run's workdir (fine-tuning)
+    config.freeze_pretrained = False  # freeze what init_from provided
+    config.freeze_until = ""  # freeze every layer up to this stage (semi models: spatial, temporal, ...)
     config.seed = 0
 
     config.log_every_steps = 50
