@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10", "flax>=0.12", "optax>=0.2.8", "orbax-checkpoint>=0.12", "clu>=0.0.12",
-        "ml_collections>=1.0", "absl-py", "numpy", "av>=14", "matplotlib", "tensorflow-cpu",
+        "ml_collections>=1.0", "absl-py", "numpy", "av>=14", "grain>=0.2.18", "matplotlib", "tensorflow-cpu",
         "tensorboard", "tensorflow-datasets",
     ],
     extras_require={
