@@ -14,7 +14,7 @@ import pytest
 
 import fake_datasets as fd
 from experiments import base
-from semicnn_jax.data import folder, index, pipeline, prepare
+from semicnn_jax.data import pipeline, prepare
 
 NUM_FRAMES, CROP = 4, 16
 
