@@ -162,6 +162,8 @@ def _list_tree(tmp_path, train, val="c.mp4 0\n", classes=None, val_name="v.txt")
     ("unknown label", "a.mp4 run\n", "c.mp4 swim\n", "run\njump\n", r"v.txt:1: unknown label 'swim'"),
     ("unknown index", "a.mp4 run\n", "c.mp4 2\n", "run\njump\n", r"v.txt:1: unknown label '2'"),
     ("label not in training", "a.mp4 run\n", "c.mp4 jump\n", None, r"v.txt:1: unknown label 'jump'"),
+    ("names and indices", "a.mp4 run\nb b.mp4 1\n", "c.mp4 run\n", None,
+     r"t.txt:2: label '1' is an index while other labels are class names; give dataset.class_names"),
     ("no label", "a.mp4 0\nb b.mp4\n", "c.mp4 0\n", None, r"t.txt:2: no label .*'b b.mp4'"),
     ("no label, one field", "a.mp4\n", "c.mp4 0\n", None, r"t.txt:1: no label"),
     ("duplicated path", "a.mp4 0\nb b.mp4 1\n./a.mp4 1\n", "c.mp4 0\n", None,

@@ -7,7 +7,8 @@ ignored). Paths are relative to ``dataset.data_dir``; list files are found as gi
 
 LABEL is a class name or a 0-based integer index. Classes: ``dataset.class_names`` (a file, one name
 per line, in index order) when given; otherwise, if every label is an integer, classes ``0 .. max``
-named by their number, else the names of the training list, sorted. An unknown label, a line
+named by their number, else the names of the training list, sorted (then no label may be an
+index). An unknown label, a line
 without a label, a path listed twice or a path outside ``data_dir`` is an error naming ``file:line``.
 A listed video that does not exist is an error unless ``dataset.skip_missing``.
 """
@@ -76,6 +77,10 @@ def labeller(class_names: tuple[str, ...] | None, train: list[tuple[str, str, st
             count = max(int(label) for label in labels) + 1
             class_names = tuple(str(i) for i in range(count))
             return class_names, {str(i): i for i in range(count)}
+        index = next(((where, label) for where, _, label in train + val if _is_int(label)), None)
+        if index is not None:
+            raise ValueError(f"{index[0]}: label {index[1]!r} is an index while other labels are class names; "
+                             "give dataset.class_names (a file of the class names, one a line, in index order)")
         class_names = tuple(sorted({label for _, _, label in train}))
         return class_names, {name: i for i, name in enumerate(class_names)}
     by_name = {name: i for i, name in enumerate(class_names)}

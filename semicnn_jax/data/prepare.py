@@ -41,6 +41,7 @@ def define_flags() -> None:
     flags.DEFINE_string("data_dir", None, "config.dataset.data_dir (UCF-101: UCF-101/ and ucfTrainTestlist/).")
     flags.DEFINE_string("train_list", "", "list datasets: config.dataset.train_list.")
     flags.DEFINE_string("val_list", "", "list datasets: config.dataset.val_list.")
+    flags.DEFINE_string("class_names", "", "list datasets: config.dataset.class_names.")
     flags.DEFINE_string("out", None, "Output folder (then config.dataset.prepared_dir).")
     flags.DEFINE_integer("workers", 0, "Processes (0: one per core).")
     flags.DEFINE_integer("keyframe_every", 16, "Keyframe interval (config.num_frames is a good choice).")
@@ -139,7 +140,7 @@ class _Inline(concurrent.futures.Executor):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    lists = {key: FLAGS[key].value for key in ("train_list", "val_list") if FLAGS[key].value}
+    lists = {key: FLAGS[key].value for key in ("train_list", "val_list", "class_names") if FLAGS[key].value}
     prepare(FLAGS.data_dir, FLAGS.out, FLAGS.workers, FLAGS.keyframe_every, FLAGS.quantizer, FLAGS.dataset, **lists)
 
 
