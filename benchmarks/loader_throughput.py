@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 import fake_ucf101  # noqa: E402  (the test helper that writes releases)
 from experiments import base  # noqa: E402
-from semicnn_jax.data import pipeline, prepare, ucf101, video  # noqa: E402
+from semicnn_jax.data import index, pipeline, prepare, video  # noqa: E402
 
 CLASSES = ("ApplyEyeMakeup", "Basketball", "HandstandPushups", "YoYo")
 
@@ -66,11 +66,11 @@ def per_core(source, clips: int, args) -> tuple[float, float]:
     """(decode, crop+resize+flip+RGB) CPU seconds per training clip, built in this process, after an
     untimed pass over the same clips (a worker configures one filter graph per crop box once)."""
     for i in range(clips):
-        video.read_train_clip(source.release.train[i % len(source.release.train)][0],
+        video.read_train_clip(source.train[i % len(source.train)].path,
                               video.train_params(np.random.default_rng([0, 0, i])), args.num_frames, args.crop)
     decode = total = 0.0
     for i in range(clips):
-        row = source.release.train[i % len(source.release.train)]
+        row = source.train[i % len(source.train)]
         params = video.train_params(np.random.default_rng([0, 0, i]))
         start = time.process_time()
         video.decode_clip(row[0], args.num_frames, params["position"])
@@ -116,7 +116,7 @@ def main():
             write_release(data_dir, args.videos, args.frames, keyframe_every)
         formats[f".avi, keyframe every {keyframe_every}"] = (data_dir, "")
     prepared = os.path.join(root, "prepared")
-    if not os.path.exists(os.path.join(prepared, ucf101.PREPARED_INDEX)):
+    if not os.path.exists(os.path.join(prepared, index.PREPARED_INDEX)):
         prepare.prepare(formats[".avi, keyframe every 250"][0], prepared, workers=1, keyframe_every=args.num_frames)
     formats["prepared (MPEG-4, keyframe every 16)"] = (formats[".avi, keyframe every 250"][0], prepared)
 

@@ -27,13 +27,19 @@ def get_config(model_name: str = "semi_resnet18") -> ml_collections.ConfigDict:
     config.model.options = ml_collections.ConfigDict()  # e.g. head, reading, dropout_rate
 
     config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "ucf101"  # or "tfds:ucf101/ucf101_1_256" (prepared under data_dir), "synthetic_motion"
-    config.dataset.data_dir = ""  # the official release: UCF-101/ and ucfTrainTestlist/ (or the TFDS data_dir)
-    config.dataset.split = 1
+    # ucf101, hmdb51, kinetics, folder, list, "tfds:ucf101/ucf101_1_256" or synthetic_motion (README "Data";
+    # each source's fields: semicnn_jax.data.pipeline.config_fields(name))
+    config.dataset.name = "ucf101"
+    config.dataset.data_dir = ""  # the dataset's folder (UCF-101: UCF-101/ and ucfTrainTestlist/; or the TFDS data_dir)
+    config.dataset.split = 1  # ucf101, hmdb51: 1, 2 or 3
+    config.dataset.val_fraction = 0.2  # folder with one <class>/ tree: the share of videos evaluated on
+    config.dataset.train_list = ""  # list: 'relative/path LABEL' lines (or a path,label CSV)
+    config.dataset.val_list = ""
+    config.dataset.class_names = ""  # list: optional file of class names, one a line, in label order
     config.dataset.prepared_dir = ""  # the output of `python -m semicnn_jax.data.prepare` (faster to read)
     config.dataset.workers = -1  # loader processes per JAX process; -1: one per core, 0: in this process
     config.dataset.prefetch = 2  # batches buffered per worker
-    config.dataset.skip_missing = False  # True: videos named in the split lists but absent are skipped
+    config.dataset.skip_missing = False  # True: videos named in the lists but absent are skipped
     config.dataset.shuffle_buffer = 256  # TFDS only: videos in the seeded shuffle buffer
 
     config.num_frames = 16
@@ -53,8 +59,9 @@ def get_config(model_name: str = "semi_resnet18") -> ml_collections.ConfigDict:
     config.plateau_threshold = 1e-4
     config.num_epochs = 50
 
-    config.init_from = ""  # a converted ImageNet file (weights/README.md)
-    config.freeze_pretrained = False
+    config.init_from = ""  # a converted ImageNet file (weights/README.md), or a run's workdir (fine-tuning)
+    config.freeze_pretrained = False  # freeze what init_from provided
+    config.freeze_until = ""  # freeze every layer up to this stage (semi models: spatial, temporal, ...)
     config.seed = 0
 
     config.log_every_steps = 50

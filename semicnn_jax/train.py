@@ -27,7 +27,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import struct
 
-from semicnn_jax import models, optim
+from semicnn_jax import finetune, models, optim
 from semicnn_jax.inference import normalize
 from semicnn_jax.data import pipeline
 
@@ -52,7 +52,7 @@ class TrainState(struct.PyTreeNode):
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Refuses a bad config before any work starts, naming the key and value at fault."""
-    models.create(config.model.name, num_classes=2, **model_options(config))  # name and options
+    model = models.create(config.model.name, num_classes=2, **model_options(config))  # name and options
     for key in ("per_device_batch_size", "accumulation_steps", "num_epochs", "num_frames", "crop_size"):
         if not (isinstance(config[key], int) and config[key] > 0):
             raise ValueError(f"config.{key} must be a positive int, got {config[key]!r}")
@@ -64,8 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.learning_rate <= 0 or not 0 < config.plateau_factor < 1 or config.plateau_patience < 0:
         raise ValueError("learning_rate must be > 0, plateau_factor in (0, 1), plateau_patience >= 0; got "
                          f"{config.learning_rate}, {config.plateau_factor}, {config.plateau_patience}")
-    if config.init_from and not os.path.exists(config.init_from):
-        raise ValueError(f"config.init_from={config.init_from!r}: no such file")
+    finetune.validate(config, model)  # init_from (a file or a run) and freeze_until
     pipeline.validate(config)  # last: it may read the dataset's index files
 
 
@@ -252,13 +251,10 @@ def check_or_write_run_record(workdir: str, record: dict) -> None:
             json.dump(record, f, indent=2)
 
 
-def load_pretrained(config, variables: dict) -> tuple[dict, Any]:
-    """Loads ``init_from`` (a converted ImageNet file) and the mask of what it filled."""
-    if not config.init_from:
-        return variables, None
-    from semicnn_jax import convert
-    loaded = convert.load_variables(config.init_from, variables)
-    return loaded, convert.pretrained_mask(config.model.name, loaded["params"])
+def load_pretrained(config, variables: dict, model) -> tuple[dict, Any]:
+    """Loads ``init_from`` (a converted ImageNet file, or a training run: ``finetune``) and the mask of the
+    parameters to freeze (``freeze_pretrained``, ``freeze_until``; None: train everything)."""
+    return finetune.initialise(config, variables, model)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -309,8 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     model = create_model(config, info.num_classes)
     clip_shape = (1, config.num_frames, config.crop_size, config.crop_size, 3)
-    variables, frozen = load_pretrained(config, models.init_variables(model, clip_shape, config.seed))
-    tx = create_optimizer(config, frozen if config.freeze_pretrained else None)
+    variables, frozen = load_pretrained(config, models.init_variables(model, clip_shape, config.seed), model)
+    tx = create_optimizer(config, frozen)
     state = initial_state(config, variables, tx)
     plateau_tx = create_plateau(config)
 
@@ -378,8 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     finally:
         preempted.restore()
         writer.flush()
-        if hasattr(source, "close"):  # loader worker processes
-            source.close()
+        source.close()  # loader worker processes
     return unreplicate(state)
 
 

@@ -116,7 +116,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 @pytest.mark.parametrize("overrides,message", [
     ({"model.name": "semi_resnet19"}, "unknown model 'semi_resnet19'"),
-    ({"dataset.name": "kinetics"}, "dataset.name='kinetics' is unknown"),
+    ({"dataset.name": "ucf102"}, "dataset.name='ucf102' is unknown"),
     ({"batch_size": 7}, "batch_size=7 is not divisible by the 2 devices"),
     ({"model.options": {"head": "triple"}}, "head='triple'"),
     ({"per_device_batch_size": 0}, "per_device_batch_size must be a positive int"),

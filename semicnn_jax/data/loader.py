@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
-from semicnn_jax.data import video
+from semicnn_jax.data import source, video
 
 
 def default_workers() -> int:
@@ -91,7 +91,7 @@ class Loader:
 
     def __init__(self, workers: int = 0, prefetch: int = 2):
         self.workers, self.prefetch = int(workers), max(1, int(prefetch))
-        self.skipped: dict[str, str] = {}
+        self.skipped = source.SkippedFiles()
         self._streams: dict[str, _Stream] = {}
         atexit.register(_close_all, weakref.ref(self))
 
@@ -107,19 +107,18 @@ class Loader:
         for _ in range(count):
             batch = next(stream.iterator)
             stream.position += 1
-            self._record(batch.pop("errors"))
+            self.skipped.record(batch.pop("errors"))
             yield batch
+
+    def position(self, name: str) -> int | None:
+        """The next batch index of stream ``name`` (None if it has not started)."""
+        stream = self._streams.get(name)
+        return None if stream is None else stream.position
 
     def close(self) -> None:
         for stream in self._streams.values():
             stream.close()
         self._streams.clear()
-
-    def _record(self, errors) -> None:
-        for path, reason in errors:
-            if path not in self.skipped:
-                self.skipped[path] = reason
-                logging.warning("skipping unreadable video %s: %s", path, reason)
 
 
 def _close_all(ref) -> None:

@@ -1,7 +1,14 @@
-"""One-time preparation: re-encodes every video of a UCF-101 release for fast random clip access.
+"""One-time preparation: re-encodes every video of a file dataset for fast random clip access.
 
     python -m semicnn_jax.data.prepare --data_dir=/data/UCF101 --out=/data/UCF101_prepared
-    # then train with --config.dataset.prepared_dir=/data/UCF101_prepared (data_dir stays the release)
+    python -m semicnn_jax.data.prepare --dataset=folder --data_dir=/data/my_videos --out=/data/my_videos_prepared
+    python -m semicnn_jax.data.prepare --dataset=list --data_dir=/data/clips --train_list=train.txt \
+        --val_list=val.txt --out=/data/clips_prepared
+    # then train with --config.dataset.prepared_dir=<out> (data_dir stays the original: the lists live there)
+
+Every dataset of ``pipeline.SOURCES`` that reads files works (``--dataset``, default ``ucf101``): UCF-101
+and HMDB-51 prepare every video of their class folders (all three splits), the others every video
+their lists or folders name. Copies keep the videos' paths (``x.avi``, or ``x.mp4`` as ``x.mp4.avi``).
 
 Each video becomes MPEG-4 part 2 (the codec of the release; the fastest to decode of those PyAV
 writes) in AVI, at its own size and frame rate, near-losslessly (fixed quantiser 2), with a keyframe
@@ -19,17 +26,22 @@ import os
 import time
 
 import av
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from semicnn_jax.data import loader, ucf101, video
+from semicnn_jax.data import index, loader, pipeline, video
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """The command's flags (defined only when it runs, so importing this module defines none)."""
-    flags.DEFINE_string("data_dir", None, "The official release: UCF-101/ and ucfTrainTestlist/.")
+    flags.DEFINE_string("dataset", "ucf101", "config.dataset.name of the dataset (one that reads files).")
+    flags.DEFINE_string("data_dir", None, "config.dataset.data_dir (UCF-101: UCF-101/ and ucfTrainTestlist/).")
+    flags.DEFINE_string("train_list", "", "list datasets: config.dataset.train_list.")
+    flags.DEFINE_string("val_list", "", "list datasets: config.dataset.val_list.")
+    flags.DEFINE_string("class_names", "", "list datasets: config.dataset.class_names.")
     flags.DEFINE_string("out", None, "Output folder (then config.dataset.prepared_dir).")
     flags.DEFINE_integer("workers", 0, "Processes (0: one per core).")
     flags.DEFINE_integer("keyframe_every", 16, "Keyframe interval (config.num_frames is a good choice).")
@@ -72,22 +84,31 @@ def prepare_one(src: str, dst: str, keyframe_every: int, quantizer: int) -> dict
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def prepare(data_dir: str, out: str, workers: int = 0, keyframe_every: int = 16, quantizer: int = 2) -> dict:
-    """Prepares every video under ``data_dir/UCF-101``; returns the index it writes to ``out/index.json``."""
-    ucf101.read_class_names(data_dir)  # fails early, naming the path, on a wrong data_dir
-    root = os.path.join(data_dir, ucf101.VIDEOS)
-    files = sorted(ucf101.index_files(root).values())
+def dataset_config(name: str, data_dir: str, **fields) -> ml_collections.ConfigDict:
+    """``config.dataset`` of source ``name`` with its defaults, ``data_dir`` and ``fields`` set."""
+    return ml_collections.ConfigDict(dict(pipeline.config_fields(name), data_dir=data_dir, **fields))
+
+
+def prepare(data_dir: str, out: str, workers: int = 0, keyframe_every: int = 16, quantizer: int = 2,
+            dataset: str = "ucf101", **fields) -> dict:
+    """Prepares every video of dataset ``dataset`` (``fields``: its other ``config.dataset`` fields, e.g.
+    ``train_list``); returns the index it writes to ``out/index.json``."""
+    entry = pipeline.entry(dataset)
+    if entry.videos is None:
+        raise ValueError(f"dataset {dataset!r} has no video files to prepare")
+    root, files = entry.videos(dataset_config(dataset, data_dir, **fields))
     if not files:
         raise ValueError(f"{root}: no videos found")
-    index_path = os.path.join(out, ucf101.PREPARED_INDEX)
+    copies = os.path.normpath(os.path.join(out, os.path.relpath(root, data_dir)))
+    index_path = os.path.join(out, index.PREPARED_INDEX)
     if os.path.exists(index_path):
         os.remove(index_path)  # unfinished until rewritten
     workers = workers or loader.default_workers()
-    logging.info("preparing %d videos from %s into %s with %d processes", len(files), root, out, workers)
+    logging.info("preparing %d videos from %s into %s with %d processes", len(files), root, copies, workers)
     start, videos = time.time(), {}
     pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else _Inline()
     with pool:
-        jobs = {pool.submit(prepare_one, os.path.join(root, rel), os.path.join(out, ucf101.prepared_name(rel)),
+        jobs = {pool.submit(prepare_one, os.path.join(root, rel), os.path.join(copies, index.prepared_name(rel)),
                             keyframe_every, quantizer): rel for rel in files}
         for n, job in enumerate(concurrent.futures.as_completed(jobs), 1):
             rel = jobs[job]
@@ -96,15 +117,15 @@ def prepare(data_dir: str, out: str, workers: int = 0, keyframe_every: int = 16,
                 logging.warning("unreadable video %s: %s", os.path.join(root, rel), videos[rel]["error"])
             if n % 500 == 0 or n == len(files):
                 logging.info("%d/%d videos, %.0f s", n, len(files), time.time() - start)
-    index = {"format": f"mpeg4 avi, keyframe every {keyframe_every} frames, quantiser {quantizer}",
-             "keyframe_every": keyframe_every, "videos": dict(sorted(videos.items()))}
+    index_data = {"format": f"mpeg4 avi, keyframe every {keyframe_every} frames, quantiser {quantizer}",
+                  "keyframe_every": keyframe_every, "dataset": dataset, "videos": dict(sorted(videos.items()))}
     with open(index_path + ".tmp", "w") as f:
-        json.dump(index, f, indent=1)
+        json.dump(index_data, f, indent=1)
     os.replace(index_path + ".tmp", index_path)
-    size = sum(os.path.getsize(os.path.join(out, ucf101.prepared_name(r))) for r, v in videos.items() if "frames" in v)
+    size = sum(os.path.getsize(os.path.join(copies, index.prepared_name(r))) for r, v in videos.items() if "frames" in v)
     logging.info("done: %d videos (%d unreadable), %.2f GiB, %.0f s", len(videos),
                  sum("error" in v for v in videos.values()), size / 2**30, time.time() - start)
-    return index
+    return index_data
 
 
 class _Inline(concurrent.futures.Executor):
@@ -119,7 +140,8 @@ class _Inline(concurrent.futures.Executor):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    prepare(FLAGS.data_dir, FLAGS.out, FLAGS.workers, FLAGS.keyframe_every, FLAGS.quantizer)
+    lists = {key: FLAGS[key].value for key in ("train_list", "val_list", "class_names") if FLAGS[key].value}
+    prepare(FLAGS.data_dir, FLAGS.out, FLAGS.workers, FLAGS.keyframe_every, FLAGS.quantizer, FLAGS.dataset, **lists)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,14 @@ batch it is rendered in).
 """
 
 import math
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from semicnn_jax.data import source
 
 CLASS_NAMES: tuple[str, ...] = (
     "move_left",
@@ -339,3 +343,49 @@ def example(
     """Single example ``index``: (clip ``float32[T, size, size, 3]``, label)."""
     clips, labels = batch_for_indices(seed, [index], num_frames, size)
     return clips[0], int(labels[0])
+
+
+# ---------------------------------------------------------------------------- the source
+
+FIELDS = {"train_size": 4096, "eval_size": 512, "fresh_clips": False}  # the dataset.* fields the source uses
+
+
+class SyntheticMotion:
+    """The embedded dataset as a source: clips whose class is defined only by motion (no files needed)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        ds = config.dataset
+        self.seed = int(config.seed)
+        self.num_frames, self.size = int(config.num_frames), int(config.crop_size)
+        self.info = source.DatasetInfo("synthetic_motion", CLASS_NAMES, int(ds.get("train_size", FIELDS["train_size"])),
+                                       int(ds.get("eval_size", FIELDS["eval_size"])))
+        # Evaluation clips come from another seed, so they never coincide with training clips.
+        self.eval_seed = (self.seed + 1_000_003) % 2**32
+        # Fresh training clips every epoch (epoch e renders indices e * train_size + ...), or the same set.
+        self.fresh_clips = bool(ds.get("fresh_clips", FIELDS["fresh_clips"]))
+
+    def _render(self, seed: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        clips, labels = batch_for_indices(seed, indices, self.num_frames, self.size)
+        return np.asarray(clips), np.asarray(labels)
+
+    def train_batches(self, epoch: int, start_step: int, global_batch: int) -> Iterator[dict]:
+        order = source.epoch_order(self.seed, epoch, self.info.num_train)
+        rows = source.process_slice(global_batch)
+        for step in range(start_step, self.info.num_train // global_batch):
+            idx = order[step * global_batch:(step + 1) * global_batch][rows]
+            if self.fresh_clips:
+                idx = idx + epoch * self.info.num_train
+            video, label = self._render(self.seed, idx)
+            yield {"video": video, "label": label, "mask": np.ones(len(idx), bool)}
+
+    def eval_batches(self, global_batch: int) -> Iterator[dict]:
+        rows = source.process_slice(global_batch)
+        for idx, mask in source.eval_index_batches(self.info.num_eval, global_batch):
+            video, label = self._render(self.eval_seed, idx[rows])
+            yield {"video": video, "label": label, "mask": mask[rows], "video_index": idx[rows].astype(np.int32)}
+
+    def skipped_files(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -19,12 +19,12 @@ from typing import Iterator
 
 import ml_collections
 import numpy as np
-from absl import logging
 from PIL import Image
 
-from semicnn_jax.data import video
+from semicnn_jax.data import source, video
 
 PREFIX = "tfds:"
+FIELDS = {"data_dir": "", "workers": -1, "shuffle_buffer": 256}  # the dataset.* fields this source uses
 
 
 def _tf():
@@ -65,9 +65,8 @@ class TFDSVideos:
     """A TFDS video classification dataset (``video``: encoded frames, ``label``) as a Source."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        from semicnn_jax.data import pipeline
         import tensorflow_datasets as tfds
-        self._pipeline, self._tfds, self.tf = pipeline, tfds, _tf()
+        self._tfds, self.tf = tfds, _tf()
         self.builder = _builder(config)
         self.name = config.dataset.name
         self.seed, self.num_frames, self.crop_size = int(config.seed), int(config.num_frames), int(config.crop_size)
@@ -75,8 +74,8 @@ class TFDSVideos:
         workers = config.dataset.get("workers", -1)
         self.parallel = self.tf.data.AUTOTUNE if workers < 0 else max(1, workers)
         names = tuple(self.builder.info.features["label"].names)
-        self.info = pipeline.DatasetInfo(self.name, names, self._count("train"), self._count("test"))
-        self._skipped: dict[str, str] = {}
+        self.info = source.DatasetInfo(self.name, names, self._count("train"), self._count("test"))
+        self._skipped = source.SkippedFiles()
         self._clips = None
 
     def _records(self, split: str):
@@ -106,7 +105,7 @@ class TFDSVideos:
     def train_batches(self, epoch: int, start_step: int, global_batch: int) -> Iterator[dict]:
         tf = self.tf
         steps = self.info.num_train // global_batch
-        rows = self._pipeline.process_slice(global_batch)
+        rows = source.process_slice(global_batch)
         shuffle_seed = int(np.random.default_rng([self.seed, epoch]).integers(2**31))
         ds = self._records("train").enumerate()
         ds = ds.shuffle(self.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
@@ -130,24 +129,18 @@ class TFDSVideos:
                    "label": batch["label"].astype(np.int32), "mask": batch["mask"].astype(bool)}
 
     def _record(self, errors) -> None:
-        for error in errors:
-            if error:
-                name, reason = error.decode().split(": ", 1)
-                if name not in self._skipped:
-                    self._skipped[name] = reason
-                    logging.warning("skipping unreadable video %s: %s", name, reason)
+        """Errors of a batch (``b"name: reason"``, ``b""`` for none) into the skipped-file recorder."""
+        self._skipped.record(tuple(e.decode().split(": ", 1)) for e in errors if e)
 
     # ------------------------------------------------------------------ evaluation
 
-    def eval_clips(self) -> list[tuple[int, int]]:
+    def eval_clips(self) -> list[source.Clip]:
         """``(video index, clip index)`` of every evaluation clip (frame counts read once, frames not decoded)."""
         if self._clips is None:
-            start = time.time()
+            started = time.time()
             lengths = [int(n) for n in self._records("test").map(lambda r: self.tf.shape(r["video"])[0])
                        .as_numpy_iterator()]
-            self._clips = [(v, k) for v, n in enumerate(lengths) for k in range(video.num_eval_clips(n, self.num_frames))]
-            logging.info("%d evaluation clips in %d videos (counted in %.1f s)", len(self._clips), len(lengths),
-                         time.time() - start)
+            self._clips = source.eval_clips(lengths, self.num_frames, started)
         return self._clips
 
     def _eval_video(self, encoded, index):
@@ -160,8 +153,8 @@ class TFDSVideos:
     def eval_batches(self, global_batch: int) -> Iterator[dict]:
         tf = self.tf
         clips = self.eval_clips()
-        rows = self._pipeline.process_slice(global_batch)
-        layout = [(idx[rows], mask[rows]) for idx, mask in self._pipeline.eval_index_batches(len(clips), global_batch)]
+        rows = source.process_slice(global_batch)
+        layout = [(idx[rows], mask[rows]) for idx, mask in source.eval_index_batches(len(clips), global_batch)]
         needed = np.zeros(self.info.num_eval, bool)
         for idx, mask in layout:
             needed[[clips[i][0] for i in idx[mask]]] = True
@@ -200,3 +193,6 @@ class TFDSVideos:
 
     def skipped_files(self) -> dict[str, str]:
         return dict(self._skipped)
+
+    def close(self) -> None:
+        """Nothing to release: tf.data's threads end with their iterators."""

@@ -104,10 +104,16 @@ def read_video(path: str) -> np.ndarray:
 
 
 def probe_num_frames(path: str) -> int:
-    """Number of frames from the container header (0 if the header does not say); VideoError if unreadable."""
+    """Number of frames from the container header; where it does not say (Matroska, WebM), the video
+    packets counted without decoding them (0 if that fails too); VideoError if unreadable."""
     container, stream = _open(path)
     with container:
-        return int(stream.frames or 0)
+        if stream.frames:
+            return int(stream.frames)
+        try:
+            return sum(1 for packet in container.demux(stream) if packet.size)
+        except (av.FFmpegError, OSError):
+            return 0
 
 
 def _decode_range(container, stream, first: int, last: int, convert) -> list | None:
