@@ -188,8 +188,11 @@ def benchmark_model(name: str, args) -> list[dict]:
     for r in range(args.repeats):  # interleaved rounds
         for v in variants:
             v.time_once()
-        print(f"  [{name}] round {r + 1}/{args.repeats}: "
-              + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants), flush=True)
+        print(
+            f"  [{name}] round {r + 1}/{args.repeats}: "
+            + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants),
+            flush=True,
+        )
 
     reference_out = next(v.output for v in variants if v.label == "torch NCDHW")
     ref_times = next(v for v in variants if v.label == REFERENCE).times
@@ -199,26 +202,41 @@ def benchmark_model(name: str, args) -> list[dict]:
     for v in variants:
         best, median = min(v.times), statistics.median(v.times)
         diff = float(np.max(np.abs(v.output - reference_out)))
-        rows.append(dict(model=name, variant=v.label, best_ms=1e3 * best, median_ms=1e3 * median,
-                         clips_per_s=args.batch / best, speedup=ref_best / best,
-                         round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)), max_diff=diff,
-                         rel_diff=diff / scale if scale else float("nan")))
+        rows.append(
+            dict(
+                model=name,
+                variant=v.label,
+                best_ms=1e3 * best,
+                median_ms=1e3 * median,
+                clips_per_s=args.batch / best,
+                speedup=ref_best / best,
+                round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)),
+                max_diff=diff,
+                rel_diff=diff / scale if scale else float("nan"),
+            )
+        )
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    out = ["| model | framework/variant | ms/batch (best; median) | clips/s (best) | speed vs PyTorch "
-           "channels_last_3d (best; per-round median) | max diff (rel.) |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| model | framework/variant | ms/batch (best; median) | clips/s (best) | speed vs PyTorch "
+        "channels_last_3d (best; per-round median) | max diff (rel.) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | "
-                   f"{r['clips_per_s']:.2f} | {r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | {r['max_diff']:.1e} ({r['rel_diff']:.0e}) |")
+        out.append(
+            f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | "
+            f"{r['clips_per_s']:.2f} | {r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | "
+            f"{r['max_diff']:.1e} ({r['rel_diff']:.0e}) |"
+        )
     return "\n".join(out)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per variant")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=16)
@@ -229,8 +247,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 7, --quick 3)")
     p.add_argument("--no-jax-3d", action="store_true", help="skip the slow JAX lowering='3d' variant")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--cores", default=None,
-                   help="comma-separated CPU ids to pin the process to, e.g. 0 (set before jax/torch start)")
+    p.add_argument(
+        "--cores",
+        default=None,
+        help="comma-separated CPU ids to pin the process to, e.g. 0 (set before jax/torch start)",
+    )
     args = p.parse_args(argv)
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
@@ -249,9 +270,11 @@ def main(argv=None) -> list[dict]:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     print(machine_report())
-    print(f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 float32, eval mode, "
-          f"{args.warmup} warm-up + {args.repeats} timed runs per variant (best and median reported)\n",
-          flush=True)
+    print(
+        f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 float32, eval mode, "
+        f"{args.warmup} warm-up + {args.repeats} timed runs per variant (best and median reported)\n",
+        flush=True,
+    )
     rows = []
     for name in args.models:
         rows += benchmark_model(name, args)

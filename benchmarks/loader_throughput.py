@@ -31,6 +31,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 import fake_ucf101  # noqa: E402  (the test helper that writes releases)
+
 from experiments import base  # noqa: E402
 from semicnn_jax.data import index, pipeline, prepare, video  # noqa: E402
 
@@ -42,8 +43,12 @@ def write_release(root: str, videos: int, frames: int, keyframe_every: int) -> N
     for i in range(videos):
         cls = CLASSES[i % len(CLASSES)]
         name = fake_ucf101.ucf_name(cls, 8 + i // len(CLASSES), 1)
-        fake_ucf101.write_video(os.path.join(root, "UCF-101", name), fake_ucf101.textured_frames(i, frames),
-                                gop_size=keyframe_every, bit_rate=600_000)
+        fake_ucf101.write_video(
+            os.path.join(root, "UCF-101", name),
+            fake_ucf101.textured_frames(i, frames),
+            gop_size=keyframe_every,
+            bit_rate=600_000,
+        )
         names.append((name, i % len(CLASSES)))
     lists = os.path.join(root, "ucfTrainTestlist")
     os.makedirs(lists, exist_ok=True)
@@ -66,8 +71,12 @@ def per_core(source, clips: int, args) -> tuple[float, float]:
     """(decode, crop+resize+flip+RGB) CPU seconds per training clip, built in this process, after an
     untimed pass over the same clips (a worker configures one filter graph per crop box once)."""
     for i in range(clips):
-        video.read_train_clip(source.train[i % len(source.train)].path,
-                              video.train_params(np.random.default_rng([0, 0, i])), args.num_frames, args.crop)
+        video.read_train_clip(
+            source.train[i % len(source.train)].path,
+            video.train_params(np.random.default_rng([0, 0, i])),
+            args.num_frames,
+            args.crop,
+        )
     decode = total = 0.0
     for i in range(clips):
         row = source.train[i % len(source.train)]
@@ -121,7 +130,9 @@ def main():
     formats["prepared (MPEG-4, keyframe every 16)"] = (formats[".avi, keyframe every 250"][0], prepared)
 
     def size(folder):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".avi"))
+        return sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".avi")
+        )
 
     rows = []
     for name, (data_dir, prepared_dir) in formats.items():
@@ -136,8 +147,10 @@ def main():
     header = ["format", "KiB/frame", "decode ms/clip", "crop+resize+RGB ms/clip", "clips/s/core (CPU time)"]
     header += [f"loader, {w} worker(s), clips/s" for w in args.workers.split(",")]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print(f"\n{args.num_frames}x{args.crop}x{args.crop} training clips, batch {args.batch}, "
-          f"{args.videos} videos of {args.frames} frames at 320x240")
+    print(
+        f"\n{args.num_frames}x{args.crop}x{args.crop} training clips, batch {args.batch}, "
+        f"{args.videos} videos of {args.frames} frames at 320x240"
+    )
     for r in [header, ["-" * w for w in widths]] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     print(f"load average after: {os.getloadavg()}")

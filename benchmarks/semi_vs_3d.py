@@ -39,10 +39,18 @@ def run(name: str, args) -> dict:
     last = curve[-1]
     clip = (1, config.num_frames, config.crop_size, config.crop_size, 3)
     model = models.create(name, num_classes=8, width=args.width)
-    return {"model": name, "params": models.num_params(models.abstract_variables(model, clip)["params"]),
-            "top1": last["eval/top1"], "top5": last["eval/top5"], "loss": last["eval/loss"],
-            "train_top1": last["train/top1"], "seconds": seconds, "cpu": cpu, "steps": last["step"],
-            "curve": [round(100 * r["eval/top1"], 1) for r in curve]}
+    return {
+        "model": name,
+        "params": models.num_params(models.abstract_variables(model, clip)["params"]),
+        "top1": last["eval/top1"],
+        "top5": last["eval/top5"],
+        "loss": last["eval/loss"],
+        "train_top1": last["train/top1"],
+        "seconds": seconds,
+        "cpu": cpu,
+        "steps": last["step"],
+        "curve": [round(100 * r["eval/top1"], 1) for r in curve],
+    }
 
 
 def main():
@@ -53,16 +61,21 @@ def main():
     args = parser.parse_args()
     rows = [run(name, args) for name in MODELS]
     config = demo.get_config()
-    print(f"\nsynthetic_motion, {config.num_frames} x {config.crop_size} x {config.crop_size} clips, width "
-          f"{args.width}, {args.epochs} epochs of the demo recipe (experiments/demo.py has "
-          f"{config.num_epochs}), same steps for both\n")
-    print("| model | parameters | eval top-1 | eval top-5 | eval loss | train top-1 | steps | wall s | "
-          "CPU s | steps/s |")
+    print(
+        f"\nsynthetic_motion, {config.num_frames} x {config.crop_size} x {config.crop_size} clips, width "
+        f"{args.width}, {args.epochs} epochs of the demo recipe (experiments/demo.py has "
+        f"{config.num_epochs}), same steps for both\n"
+    )
+    print(
+        "| model | parameters | eval top-1 | eval top-5 | eval loss | train top-1 | steps | wall s | CPU s | steps/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['params']:,} | {100 * r['top1']:.1f} % | {100 * r['top5']:.1f} % | "
-              f"{r['loss']:.3f} | {100 * r['train_top1']:.1f} % | {r['steps']} | {r['seconds']:.0f} | "
-              f"{r['cpu']:.0f} | {r['steps'] / r['seconds']:.2f} |")
+        print(
+            f"| {r['model']} | {r['params']:,} | {100 * r['top1']:.1f} % | {100 * r['top5']:.1f} % | "
+            f"{r['loss']:.3f} | {100 * r['train_top1']:.1f} % | {r['steps']} | {r['seconds']:.0f} | "
+            f"{r['cpu']:.0f} | {r['steps'] / r['seconds']:.2f} |"
+        )
     print()
     for r in rows:
         print(f"{r['model']} eval top-1 per epoch (%): {r['curve']}")

@@ -111,8 +111,7 @@ class BasicBlock3d(nn.Module):
 class VideoResNet(nn.Module):
     """A stem, residual stages with optional pools after them, global average pool and FC."""
 
-    def __init__(self, stem_kt: int, stem_pool, stages: Sequence[tuple], num_classes: int = 101,
-                 width: float = 1.0):
+    def __init__(self, stem_kt: int, stem_pool, stages: Sequence[tuple], num_classes: int = 101, width: float = 1.0):
         super().__init__()
         c = scaled(64, width)
         self.conv1 = nn.Conv3d(3, c, (stem_kt, 7, 7), (1, 2, 2), (stem_kt // 2, 3, 3), bias=False)
@@ -217,8 +216,9 @@ def load_flax_variables(torch_model: nn.Module, variables: Mapping) -> nn.Module
                 target = getattr(module, attr)
                 array = np.array(convert(np.asarray(value, dtype=np.float32)), order="C", copy=True)
                 if tuple(target.shape) != array.shape:
-                    raise ValueError(f"{module_path}.{attr}: torch shape {tuple(target.shape)} "
-                                     f"!= converted Flax shape {array.shape}")
+                    raise ValueError(
+                        f"{module_path}.{attr}: torch shape {tuple(target.shape)} != converted Flax shape {array.shape}"
+                    )
                 target.copy_(torch.from_numpy(array))
                 written.add(f"{module_path}.{attr}")
     missing = expected - written

@@ -60,10 +60,13 @@ def time_train_steps(model_name: str, dtype: str, args) -> dict:
     step = train.data_parallel(functools.partial(train.train_step, model=model, tx=tx), donate_state=True)
     n = jax.local_device_count()
     rng = np.random.default_rng(0)
-    batch = train.shard({
-        "video": rng.integers(0, 256, (n * args.batch, args.frames, args.size, args.size, 3), np.uint8),
-        "label": rng.integers(0, 101, n * args.batch).astype(np.int32),
-        "mask": np.ones(n * args.batch, bool)})
+    batch = train.shard(
+        {
+            "video": rng.integers(0, 256, (n * args.batch, args.frames, args.size, args.size, 3), np.uint8),
+            "label": rng.integers(0, 101, n * args.batch).astype(np.int32),
+            "mask": np.ones(n * args.batch, bool),
+        }
+    )
     batch = next(flax.jax_utils.prefetch_to_device(iter([batch]), 1))  # on the devices, as in training
     start = time.perf_counter()
     state, metrics = step(state, batch)
@@ -78,24 +81,36 @@ def time_train_steps(model_name: str, dtype: str, args) -> dict:
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     params = models.num_params(variables["params"])
-    return {"model": model_name, "dtype": dtype, "params": params, "compile_s": compile_s,
-            "step_ms": 1e3 * seconds, "clips_s": n * args.batch / seconds, "peak_gib": peak_memory_gib()}
+    return {
+        "model": model_name,
+        "dtype": dtype,
+        "params": params,
+        "compile_s": compile_s,
+        "step_ms": 1e3 * seconds,
+        "clips_s": n * args.batch / seconds,
+        "peak_gib": peak_memory_gib(),
+    }
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = jax.local_devices()[0]
     print(f"devices: {jax.local_device_count()} x {device.device_kind} ({device.platform}); jax {jax.__version__}")
-    print(f"clips {args.frames}x{args.size}x{args.size}, {args.batch} per device per step, width {args.width}, "
-          f"{3 if args.quick else args.steps} timed steps\n")
+    print(
+        f"clips {args.frames}x{args.size}x{args.size}, {args.batch} per device per step, width {args.width}, "
+        f"{3 if args.quick else args.steps} timed steps\n"
+    )
     print("| model | dtype | params | compile s | ms/step | clips/s | peak memory GiB |")
     print("|---|---|---|---|---|---|---|")
     for model_name in args.models:
         for dtype in args.dtypes:
             r = time_train_steps(model_name, dtype, args)
             peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-            print(f"| {r['model']} | {r['dtype']} | {r['params']:,} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | "
-                  f"{r['clips_s']:.1f} | {peak} |", flush=True)
+            print(
+                f"| {r['model']} | {r['dtype']} | {r['params']:,} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | "
+                f"{r['clips_s']:.1f} | {peak} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

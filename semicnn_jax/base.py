@@ -69,15 +69,16 @@ class VideoClassifier(nn.Module):
         return max(1, int(round(n * self.width)))
 
     def conv_factory(self, kernel_init=layers.kaiming_fan_out, use_bias: bool = False):
-        return functools.partial(layers.Conv, dtype=self.dtype, lowering=self.lowering,
-                                 kernel_init=kernel_init, use_bias=use_bias)
+        return functools.partial(
+            layers.Conv, dtype=self.dtype, lowering=self.lowering, kernel_init=kernel_init, use_bias=use_bias
+        )
 
     def norm_factory(self, train: bool):
-        return functools.partial(layers.BatchNorm, use_running_average=not train,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        return functools.partial(
+            layers.BatchNorm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
+        )
 
-    def classify(self, x: jax.Array, kernel_init=layers.torch_default_kernel,
-                 name: str = "fc") -> jax.Array:
+    def classify(self, x: jax.Array, kernel_init=layers.torch_default_kernel, name: str = "fc") -> jax.Array:
         """Final linear layer; float32 logits."""
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kernel_init, name=name)(x)
         return x.astype(jnp.float32)

@@ -80,7 +80,8 @@ _VGG_FC = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 _DENSENET_BLOCKS = {f"densenet{depth}": blocks for depth, blocks in densenet.BLOCKS.items()}  # torchvision's
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _DENSENET_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 class Conversion(NamedTuple):
@@ -97,9 +98,10 @@ def _parse(model_name: str) -> tuple[str, str, bool]:
         models.options(model_name)  # raises ValueError listing the valid names
     m = _NAME.match(model_name)
     if m is None:
-        raise ValueError(f"{model_name} has no ImageNet counterpart in torchvision (3D models and C3D "
-                         "are trained from scratch); convertible: "
-                         + ", ".join(n for n in models.names() if _NAME.match(n)))
+        raise ValueError(
+            f"{model_name} has no ImageNet counterpart in torchvision (3D models and C3D "
+            "are trained from scratch); convertible: " + ", ".join(n for n in models.names() if _NAME.match(n))
+        )
     arch = m.group(2) or m.group(3)
     return re.sub(r"\d+$", "", arch), arch, m.group(1) is not None
 
@@ -137,7 +139,7 @@ def _vgg_fc6(value: np.ndarray) -> np.ndarray:
     src = value.reshape(out, -1, 49)
     dst = np.empty((49, src.shape[1], out), value.dtype)
     for o in range(0, out, 64):  # in blocks: one strided transpose of 100 M values is 4x slower
-        dst[:, :, o:o + 64] = src[o:o + 64].transpose(2, 1, 0)
+        dst[:, :, o : o + 64] = src[o : o + 64].transpose(2, 1, 0)
     return dst.reshape(-1, out)
 
 
@@ -159,31 +161,44 @@ def _reference(arch: str) -> dict[str, tuple[int, ...]]:
         for key, (n_in, n_out) in zip(_VGG_FC.values(), ((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000))):
             ref.update({f"{key}.weight": (n_out, n_in), f"{key}.bias": (n_out,)})
     elif arch.startswith("resnet"):
-        block, blocks = resnet.DEPTHS[int(arch[len("resnet"):])]
+        block, blocks = resnet.DEPTHS[int(arch[len("resnet") :])]
         bottleneck, expansion = block is resnet.Bottleneck, block.expansion
         ref.update({"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64)})
         cin = 64
         for i, n in enumerate(blocks):
-            planes = 64 * 2 ** i
+            planes = 64 * 2**i
             for j in range(n):
                 p = f"layer{i + 1}.{j}"
-                convs = ([(planes, cin, 1), (planes, planes, 3), (planes * 4, planes, 1)] if bottleneck
-                         else [(planes, cin, 3), (planes, planes, 3)])
+                convs = (
+                    [(planes, cin, 1), (planes, planes, 3), (planes * 4, planes, 1)]
+                    if bottleneck
+                    else [(planes, cin, 3), (planes, planes, 3)]
+                )
                 for c, (cout, c_in, k) in enumerate(convs, 1):
                     ref.update({f"{p}.conv{c}.weight": (cout, c_in, k, k), **_bn(f"{p}.bn{c}", cout)})
                 if j == 0 and (i > 0 or cin != planes * expansion):
-                    ref.update({f"{p}.downsample.0.weight": (planes * expansion, cin, 1, 1),
-                                **_bn(f"{p}.downsample.1", planes * expansion)})
+                    ref.update(
+                        {
+                            f"{p}.downsample.0.weight": (planes * expansion, cin, 1, 1),
+                            **_bn(f"{p}.downsample.1", planes * expansion),
+                        }
+                    )
                 cin = planes * expansion
         ref.update({"fc.weight": (1000, cin), "fc.bias": (1000,)})
     elif arch in _DENSENET_BLOCKS:
         ref.update({"features.conv0.weight": (64, 3, 7, 7), **_bn("features.norm0", 64)})
         c = 64
         for b, n in enumerate(_DENSENET_BLOCKS[arch], 1):
-            for l in range(1, n + 1):
-                p = f"features.denseblock{b}.denselayer{l}"
-                ref.update({**_bn(f"{p}.norm1", c), f"{p}.conv1.weight": (128, c, 1, 1),
-                            **_bn(f"{p}.norm2", 128), f"{p}.conv2.weight": (32, 128, 3, 3)})
+            for layer in range(1, n + 1):
+                p = f"features.denseblock{b}.denselayer{layer}"
+                ref.update(
+                    {
+                        **_bn(f"{p}.norm1", c),
+                        f"{p}.conv1.weight": (128, c, 1, 1),
+                        **_bn(f"{p}.norm2", 128),
+                        f"{p}.conv2.weight": (32, 128, 3, 3),
+                    }
+                )
                 c += 32
             if b < len(_DENSENET_BLOCKS[arch]):
                 p = f"features.transition{b}"
@@ -220,8 +235,8 @@ def pretrained_mask(model_name: str, params: Any) -> Any:
     """
     family, _, semi = _parse(model_name)
     return jax.tree_util.tree_map_with_path(
-        lambda kp, leaf: _is_pretrained(family, semi, _strip_collection(_path_names(kp)), np.shape(leaf)),
-        params)
+        lambda kp, leaf: _is_pretrained(family, semi, _strip_collection(_path_names(kp)), np.shape(leaf)), params
+    )
 
 
 def _path_names(keypath) -> tuple[str, ...]:
@@ -238,7 +253,7 @@ def normalize_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Strips a ``module.`` prefix shared by every key and rewrites DenseNet's old ``norm.1`` keys."""
     keys = list(state_dict)
     prefix = "module." if keys and all(k.startswith("module.") for k in keys) else ""
-    return {_DENSENET_OLD_KEY.sub(r"\1\2", k[len(prefix):]): v for k, v in state_dict.items()}
+    return {_DENSENET_OLD_KEY.sub(r"\1\2", k[len(prefix) :]): v for k, v in state_dict.items()}
 
 
 def summarize_keys(keys: Sequence[str], all_keys: Sequence[str]) -> list[str]:
@@ -267,8 +282,9 @@ def summarize_keys(keys: Sequence[str], all_keys: Sequence[str]) -> list[str]:
     return out
 
 
-def convert_state_dict(model_name: str, state_dict: Mapping[str, Any], variables: Mapping[str, Any],
-                       strict: bool = False) -> Conversion:
+def convert_state_dict(
+    model_name: str, state_dict: Mapping[str, Any], variables: Mapping[str, Any], strict: bool = False
+) -> Conversion:
     """Like :func:`from_torchvision`, also returning the state-dict keys left unused."""
     family, arch, semi = _parse(model_name)
     reference = _reference(arch)
@@ -276,11 +292,14 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any], variables
     for key, value in state.items():
         shape = tuple(np.shape(value))
         if key not in reference:
-            raise ValueError(f"state dict key {key!r} (shape {shape}) does not exist in torchvision {arch}: "
-                             f"not {arch} weights?")
+            raise ValueError(
+                f"state dict key {key!r} (shape {shape}) does not exist in torchvision {arch}: not {arch} weights?"
+            )
         if shape != reference[key]:
-            raise ValueError(f"state dict key {key!r} has shape {shape}, torchvision {arch} has "
-                             f"{reference[key]}: not {arch} weights?")
+            raise ValueError(
+                f"state dict key {key!r} has shape {shape}, torchvision {arch} has "
+                f"{reference[key]}: not {arch} weights?"
+            )
 
     flat = traverse_util.flatten_dict(flax.core.unfreeze(variables))
     new_flat = dict(flat)
@@ -294,22 +313,31 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any], variables
         try:
             key = _torch_key(family, inner)
         except (KeyError, ValueError):
-            raise ValueError(f"{where} has no counterpart in torchvision {arch}: are these {model_name}'s "
-                             "variables?") from None
+            raise ValueError(
+                f"{where} has no counterpart in torchvision {arch}: are these {model_name}'s variables?"
+            ) from None
         if key not in reference:
-            raise ValueError(f"{where} maps to {key!r}, which torchvision {arch} lacks: are these "
-                             f"{model_name}'s variables?")
+            raise ValueError(
+                f"{where} maps to {key!r}, which torchvision {arch} lacks: are these {model_name}'s variables?"
+            )
         if key not in state:
             raise ValueError(f"state dict has no key {key!r} (expected shape {reference[key]}) for {where}")
         value = _to_flax(family, inner, _numpy(state[key]))
         first = inner[0] == _FIRST_CONV[family] and inner[-1] == "kernel"
-        if (first and not semi and value.shape[3] == 3 and leaf.shape[3] % 3 == 0
-                and value.shape[:3] + value.shape[4:] == leaf.shape[:3] + leaf.shape[4:]):
+        if (
+            first
+            and not semi
+            and value.shape[3] == 3
+            and leaf.shape[3] % 3 == 0
+            and value.shape[:3] + value.shape[4:] == leaf.shape[:3] + leaf.shape[4:]
+        ):
             frames = leaf.shape[3] // 3
             value = np.tile(value, (1, 1, 1, frames, 1)) / frames  # frame-major, like frames_to_channels
         if value.shape != tuple(leaf.shape):
-            raise ValueError(f"state dict key {key!r} of shape {tuple(np.shape(state[key]))} (in the Flax "
-                             f"layout {value.shape}) does not fit {where}")
+            raise ValueError(
+                f"state dict key {key!r} of shape {tuple(np.shape(state[key]))} (in the Flax "
+                f"layout {value.shape}) does not fit {where}"
+            )
         new_flat[path] = jnp.asarray(value, dtype=leaf.dtype)
         used.add(key)
         if collection == "params":
@@ -326,8 +354,9 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any], variables
     return Conversion(traverse_util.unflatten_dict(new_flat), n, unused)
 
 
-def from_torchvision(model_name: str, state_dict: Mapping[str, Any], variables: Mapping[str, Any],
-                     strict: bool = False) -> tuple[dict, int]:
+def from_torchvision(
+    model_name: str, state_dict: Mapping[str, Any], variables: Mapping[str, Any], strict: bool = False
+) -> tuple[dict, int]:
     """Fills ``variables`` of zoo model ``model_name`` from a torchvision ImageNet state dict.
 
     Args:
@@ -350,6 +379,7 @@ def from_torchvision(model_name: str, state_dict: Mapping[str, Any], variables: 
 
 # ---------------------------------------------------------------------------------------------------
 # Files.
+
 
 def save_variables(path: str | os.PathLike, variables: Mapping[str, Any]) -> None:
     """Writes ``variables`` as Flax msgpack (numpy arrays); the parent directory is created."""
@@ -377,20 +407,26 @@ def load_variables(path: str | os.PathLike, target_variables: Mapping[str, Any] 
     want = traverse_util.flatten_dict(flax.core.unfreeze(target_variables))
     for key in want:
         if key not in got:
-            raise ValueError(f"{path}: no {'/'.join(key)} (the model has shape {tuple(want[key].shape)}): "
-                             "written for another model?")
+            raise ValueError(
+                f"{path}: no {'/'.join(key)} (the model has shape {tuple(want[key].shape)}): written for another model?"
+            )
     for key in got:
         if key not in want:
-            raise ValueError(f"{path}: {'/'.join(key)} (shape {tuple(np.shape(got[key]))}) is not in the "
-                             "model: written for another model?")
+            raise ValueError(
+                f"{path}: {'/'.join(key)} (shape {tuple(np.shape(got[key]))}) is not in the "
+                "model: written for another model?"
+            )
         if tuple(np.shape(got[key])) != tuple(want[key].shape):
-            raise ValueError(f"{path}: {'/'.join(key)} has shape {tuple(np.shape(got[key]))}, the model "
-                             f"has {tuple(want[key].shape)}: written for another model or clip size?")
+            raise ValueError(
+                f"{path}: {'/'.join(key)} has shape {tuple(np.shape(got[key]))}, the model "
+                f"has {tuple(want[key].shape)}: written for another model or clip size?"
+            )
     return traverse_util.unflatten_dict({k: jnp.asarray(v, dtype=want[k].dtype) for k, v in got.items()})
 
 
 # ---------------------------------------------------------------------------------------------------
 # Command.
+
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict:
     """A state dict written by ``torch.save(model.state_dict(), path)`` (CPU, ``weights_only``)."""
@@ -417,8 +453,9 @@ def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags (defined only when it runs, so importing this module defines none)."""
     flags.DEFINE_string("model", None, "Registry name, e.g. semi_resnet18, resnet18_2d.", flag_values=values)
     flags.DEFINE_string("torch_weights", None, "A .pth written by torch.save(model.state_dict()).", flag_values=values)
-    flags.DEFINE_string("torchvision", None, "torchvision weights to download: resnet18 or resnet18:IMAGENET1K_V1.",
-                        flag_values=values)
+    flags.DEFINE_string(
+        "torchvision", None, "torchvision weights to download: resnet18 or resnet18:IMAGENET1K_V1.", flag_values=values
+    )
     flags.DEFINE_string("out", None, "Output .msgpack file.", flag_values=values)
     flags.DEFINE_integer("num_frames", 16, "Clip length the model is built for.", flag_values=values)
     flags.DEFINE_integer("num_classes", 101, "Classifier size (freshly initialised).", flag_values=values)
@@ -436,8 +473,11 @@ def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
     try:
         _parse(values.model)  # fail on a model without ImageNet counterpart before loading anything
         source_name = values.torch_weights or f"torchvision {values.torchvision}"
-        state = (load_torch_state_dict(values.torch_weights) if values.torch_weights
-                 else torchvision_state_dict(values.torchvision))
+        state = (
+            load_torch_state_dict(values.torch_weights)
+            if values.torch_weights
+            else torchvision_state_dict(values.torchvision)
+        )
         model = models.create(values.model, num_classes=values.num_classes)
         clip_shape = (1, values.num_frames, values.image_size, values.image_size, 3)
         variables = models.init_variables(model, clip_shape, values.seed)
@@ -450,8 +490,10 @@ def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
     print(f"{values.model}: moved {result.n:,} parameter values of {total:,} from {source_name}")
     kept = [k for k in normalize_keys(state) if not k.endswith("num_batches_tracked")]
     if result.unused:
-        print(f"unused state dict keys: {len(result.unused)} of {len(kept)}: "
-              + ", ".join(summarize_keys(result.unused, kept)))
+        print(
+            f"unused state dict keys: {len(result.unused)} of {len(kept)}: "
+            + ", ".join(summarize_keys(result.unused, kept))
+        )
     else:
         print("unused state dict keys: none")
     print(f"wrote {values.out}")

@@ -78,7 +78,6 @@ class Transition(nn.Module):
 
 
 class _DenseNetBase(base.VideoClassifier):
-
     def stem(self, x, kt: int, pool: Pool, conv, norm):
         x = conv(self.channels(INIT_FEATURES), (kt, 7, 7), (1, 2, 2), (kt // 2, 3, 3), name="conv0")(x)
         return pool.max(nn.relu(norm(name="norm0")(x)))
@@ -109,11 +108,11 @@ class DenseNet(_DenseNetBase):
             x = self.block(x, f"denseblock{i + 1}", n_layers, self.kind, conv, norm)
             features[f"block{i + 1}"] = x
             if i + 1 < len(self.block_config):
-                x = Transition(x.shape[-1] // 2, FRAME_POOL if is_2d else CUBE_POOL, conv, norm,
-                               name=f"transition{i + 1}")(x)
+                x = Transition(
+                    x.shape[-1] // 2, FRAME_POOL if is_2d else CUBE_POOL, conv, norm, name=f"transition{i + 1}"
+                )(x)
         x = self.final(x, norm)
-        return base.output(self.classify(layers.global_avg_pool(x), name="classifier"), features,
-                           return_features)
+        return base.output(self.classify(layers.global_avg_pool(x), name="classifier"), features, return_features)
 
 
 class SemiDenseNet(_DenseNetBase):

@@ -81,7 +81,7 @@ def stage_mask(model, variables, clip_shape, stage: str) -> Any:
         if any(v in needed for v in eqn.outvars):
             needed.update(v for v in eqn.invars if not isinstance(v, jax_core.Literal))
     leaves, treedef = jax.tree.flatten(variables["params"])
-    return jax.tree.unflatten(treedef, [v in needed for v in jaxpr.invars[:len(leaves)]])
+    return jax.tree.unflatten(treedef, [v in needed for v in jaxpr.invars[: len(leaves)]])
 
 
 # ---------------------------------------------------------------------------- runs as initialisations
@@ -103,8 +103,9 @@ def run_checkpoint(path: str) -> tuple[str, int | None] | None:
 
 
 def _steps(directory: str) -> list[int]:
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+    return sorted(
+        int(name) for name in os.listdir(directory) if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+    )
 
 
 def validate(config, model) -> None:
@@ -113,37 +114,52 @@ def validate(config, model) -> None:
     if init_from:
         run = run_checkpoint(init_from)
         if run is None and not os.path.isfile(init_from):
-            raise ValueError(f"config.init_from={init_from!r}: no such file, and not a training run (a workdir with "
-                             f"{CHECKPOINTS}/, or {CHECKPOINTS}/<step>)")
-        if run is not None and (not os.path.isdir(run[0]) or not _steps(run[0])
-                                or (run[1] is not None and run[1] not in _steps(run[0]))):
-            raise ValueError(f"config.init_from={init_from!r}: {run[0]} holds no checkpoint"
-                             + (f" at step {run[1]}" if run[1] is not None else ""))
+            raise ValueError(
+                f"config.init_from={init_from!r}: no such file, and not a training run (a workdir with "
+                f"{CHECKPOINTS}/, or {CHECKPOINTS}/<step>)"
+            )
+        if run is not None and (
+            not os.path.isdir(run[0]) or not _steps(run[0]) or (run[1] is not None and run[1] not in _steps(run[0]))
+        ):
+            raise ValueError(
+                f"config.init_from={init_from!r}: {run[0]} holds no checkpoint"
+                + (f" at step {run[1]}" if run[1] is not None else "")
+            )
     if until:
         if not init_from:
             raise ValueError(f"config.freeze_until={until!r} needs config.init_from (frozen layers must be loaded)")
         clip_shape = (1, config.num_frames, config.crop_size, config.crop_size, 3)
         names = stage_names(model, clip_shape)
         if until not in names:
-            raise ValueError(f"config.freeze_until={until!r} is not a stage of {config.model.name}; valid: "
-                             f"{', '.join(names)}")
+            raise ValueError(
+                f"config.freeze_until={until!r} is not a stage of {config.model.name}; valid: {', '.join(names)}"
+            )
 
 
 def restore_run(path: str) -> tuple[dict, str, dict]:
     """``({'params', 'batch_stats'} of the run's checkpoint, where it came from, the run's run.json or {})``."""
     directory, step = run_checkpoint(path)
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_handlers=ocp.PyTreeCheckpointHandler())
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True), item_handlers=ocp.PyTreeCheckpointHandler()
+    )
     try:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"config.init_from={path!r}: {directory} holds no checkpoint")
         stored = manager.item_metadata(step).tree
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-                                  stored.get(k, {})) for k in ("params", "batch_stats")}
-        restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+        target = {
+            k: jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), stored.get(k, {})
+            )
+            for k in ("params", "batch_stats")
+        }
+        restored = manager.restore(
+            step,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+            ),
+        )
     finally:
         manager.close()
     record_path = os.path.join(os.path.dirname(directory), "run.json")
@@ -170,30 +186,40 @@ def load_matching(stored: dict, variables: dict) -> tuple[dict, Any, list[str]]:
     new = traverse_util.unflatten_dict(merged, sep="/")
     loaded = {k for k in want if k.startswith("params/") and not any(f.startswith(k + ":") for f in fresh)}
     mask = jax.tree_util.tree_map_with_path(
-        lambda kp, _: "params/" + "/".join(str(getattr(k, "key", k)) for k in kp) in loaded, variables["params"])
+        lambda kp, _: "params/" + "/".join(str(getattr(k, "key", k)) for k in kp) in loaded, variables["params"]
+    )
     return new, mask, fresh
 
 
 def load_run(config, variables: dict, num_classes: int) -> tuple[dict, Any]:
-    """``variables`` with every matching array of the run ``config.init_from``, and the mask of the loaded parameters."""
+    """``variables`` with every matching array of the run ``config.init_from``; the mask of the loaded
+    parameters."""
     stored, where, record = restore_run(config.init_from)
     new, mask, fresh = load_matching(stored, variables)
     count = sum(int(np.prod(np.shape(p))) for p, m in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(mask)) if m)
     total = len(jax.tree.leaves(mask))
     loaded = sum(jax.tree.leaves(mask))
     if not loaded:
-        raise ValueError(f"config.init_from={config.init_from!r}: no parameter of {where} matches {config.model.name} "
-                         f"(that run trained {record.get('model', 'another model')!r}), e.g. {fresh[0]}")
+        raise ValueError(
+            f"config.init_from={config.init_from!r}: no parameter of {where} matches {config.model.name} "
+            f"(that run trained {record.get('model', 'another model')!r}), e.g. {fresh[0]}"
+        )
     if record.get("model") not in (None, config.model.name):
         logging.warning("init_from %s is a run of %s; this run trains %s", where, record["model"], config.model.name)
     logging.info("init_from %s: loaded %d of %d parameter arrays (%d values)", where, loaded, total, count)
     if fresh:
         theirs = record.get("num_classes")
         if theirs is not None and theirs != num_classes:
-            logging.warning("init_from %s: the run has %d classes, this run %d: the classifier is freshly "
-                            "initialised", where, theirs, num_classes)
-        logging.info("freshly initialised (path: checkpoint shape -> model shape): %s", "; ".join(fresh[:8])
-                     + (f"; ... ({len(fresh)} in all)" if len(fresh) > 8 else ""))
+            logging.warning(
+                "init_from %s: the run has %d classes, this run %d: the classifier is freshly initialised",
+                where,
+                theirs,
+                num_classes,
+            )
+        logging.info(
+            "freshly initialised (path: checkpoint shape -> model shape): %s",
+            "; ".join(fresh[:8]) + (f"; ... ({len(fresh)} in all)" if len(fresh) > 8 else ""),
+        )
     return new, mask
 
 
@@ -218,8 +244,10 @@ def initialise(config, variables: dict, model) -> tuple[dict, Any]:
         stage = stage_mask(model, variables, clip_shape, until)
         unprovided = [path for (path, s), p in zip(_paths(stage), jax.tree.leaves(provided)) if s and not p]
         if unprovided:
-            raise ValueError(f"config.freeze_until={until!r} would freeze {len(unprovided)} parameter arrays that "
-                             f"config.init_from={config.init_from!r} does not provide, e.g. {', '.join(unprovided[:3])}")
+            raise ValueError(
+                f"config.freeze_until={until!r} would freeze {len(unprovided)} parameter arrays that "
+                f"config.init_from={config.init_from!r} does not provide, e.g. {', '.join(unprovided[:3])}"
+            )
         frozen = stage if frozen is None else jax.tree.map(lambda a, b: a or b, frozen, stage)
         logging.info("freeze_until=%s: %d parameter arrays frozen", until, sum(jax.tree.leaves(stage)))
     return variables, frozen

@@ -79,8 +79,7 @@ _CONV3D_DIMS = ("NDHWC", "DHWIO", "NDHWC")
 
 
 def _conv2d(x: Array, kernel: Array, strides, padding, precision) -> Array:
-    return lax.conv_general_dilated(
-        x, kernel, strides, padding, dimension_numbers=_CONV2D_DIMS, precision=precision)
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_CONV2D_DIMS, precision=precision)
 
 
 def _out_len(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
@@ -99,21 +98,32 @@ def _im2col(x: Array, kernel: Array, strides: Triple, padding: Padding, out_shap
     kt, kh, kw, c, cout = kernel.shape
     (st, sh, sw), (to, ho, wo) = strides, out_shape
     x = jnp.pad(x, ((0, 0),) + padding + ((0, 0),))
-    cols = [x[:, a:a + st * (to - 1) + 1:st, b:b + sh * (ho - 1) + 1:sh, d:d + sw * (wo - 1) + 1:sw]
-            for a in range(kt) for b in range(kh) for d in range(kw)]
+    cols = [
+        x[:, a : a + st * (to - 1) + 1 : st, b : b + sh * (ho - 1) + 1 : sh, d : d + sw * (wo - 1) + 1 : sw]
+        for a in range(kt)
+        for b in range(kh)
+        for d in range(kw)
+    ]
     cols = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
     return jnp.einsum("nthwc,co->nthwo", cols, kernel.reshape(kt * kh * kw * c, cout), precision=precision)
 
 
-def conv3d(x: Array, kernel: Array, strides: Triple = (1, 1, 1), padding: Padding = ((0, 0),) * 3,
-           lowering: str = "auto", precision=None) -> Array:
+def conv3d(
+    x: Array,
+    kernel: Array,
+    strides: Triple = (1, 1, 1),
+    padding: Padding = ((0, 0),) * 3,
+    lowering: str = "auto",
+    precision=None,
+) -> Array:
     """``lax.conv_general_dilated`` of an NDHWC clip with a DHWIO kernel, lowered per ``lowering``."""
     lowering = resolve_lowering(lowering)
     strides = _triple(strides)
     padding = _padding(padding)
     if lowering == "3d":
         return lax.conv_general_dilated(
-            x, kernel, strides, padding, dimension_numbers=_CONV3D_DIMS, precision=precision)
+            x, kernel, strides, padding, dimension_numbers=_CONV3D_DIMS, precision=precision
+        )
 
     n, t, h, w, c = x.shape
     kt, kh, kw, _, cout = kernel.shape
@@ -142,8 +152,10 @@ def conv3d(x: Array, kernel: Array, strides: Triple = (1, 1, 1), padding: Paddin
         y = _conv2d(stacked, kernel2d, (sh, sw), (ph, pw), precision)
     else:
         # A 2D convolution per temporal tap, time folded into the batch, summed.
-        y = sum(_conv2d(xs.reshape(n * t_out, h, w, c), kernel[dt], (sh, sw), (ph, pw), precision)
-                for dt, xs in enumerate(taps))
+        y = sum(
+            _conv2d(xs.reshape(n * t_out, h, w, c), kernel[dt], (sh, sw), (ph, pw), precision)
+            for dt, xs in enumerate(taps)
+        )
     return y.reshape(n, t_out, y.shape[1], y.shape[2], cout)
 
 
@@ -164,8 +176,7 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         ksize = _triple(self.kernel_size)
-        kernel = self.param("kernel", self.kernel_init, ksize + (x.shape[-1], self.features),
-                            self.param_dtype)
+        kernel = self.param("kernel", self.kernel_init, ksize + (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = conv3d(x, kernel, _triple(self.strides), _padding(self.padding), self.lowering)
@@ -198,8 +209,10 @@ def avg_pool(x: Array, window: Triple, strides: Triple, padding: Any = 0) -> Arr
 
 def _nonempty(x: Array, y: Array, window) -> Array:
     if 0 in y.shape[1:4]:
-        raise ValueError(f"clip too small for this model: a {tuple(_triple(window))} pool turns a feature "
-                         f"map of shape {tuple(x.shape)} into {tuple(y.shape)}; use more frames or larger frames")
+        raise ValueError(
+            f"clip too small for this model: a {tuple(_triple(window))} pool turns a feature "
+            f"map of shape {tuple(x.shape)} into {tuple(y.shape)}; use more frames or larger frames"
+        )
     return y
 
 

@@ -42,8 +42,9 @@ for _depth in sorted(resnet.DEPTHS):
 for _depth, _blocks in densenet.BLOCKS.items():
     _REGISTRY[f"densenet{_depth}_2d"] = _entry(densenet.DenseNet, block_config=_blocks, kind="spatial")
     _REGISTRY[f"densenet{_depth}_3d"] = _entry(densenet.DenseNet, block_config=_blocks, kind="spatiotemporal")
-    _REGISTRY[f"semi_densenet{_depth}"] = _entry(densenet.SemiDenseNet, ("reading", "head"),
-                                                 st_config=densenet.SEMI_ST_BLOCKS[_depth])
+    _REGISTRY[f"semi_densenet{_depth}"] = _entry(
+        densenet.SemiDenseNet, ("reading", "head"), st_config=densenet.SEMI_ST_BLOCKS[_depth]
+    )
 
 _CHOICES = {"head": ("single", "multilevel"), "reading": ("a", "b"), "lowering": layers.LOWERINGS}
 
@@ -99,8 +100,9 @@ def abstract_variables(model: nn.Module, clip_shape: tuple[int, ...] = (1, 16, 2
 
 def init_variables(model: nn.Module, clip_shape: tuple[int, ...], seed: int = 0) -> dict:
     """Freshly initialised ``{'params', 'batch_stats'}`` for clips of ``clip_shape`` (one jitted init)."""
-    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(seed),
-                                                                    jnp.zeros(clip_shape, jnp.float32))
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(seed), jnp.zeros(clip_shape, jnp.float32)
+    )
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 

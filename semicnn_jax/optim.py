@@ -46,9 +46,7 @@ class SGDMomentumState(NamedTuple):
     trace: optax.Params
 
 
-def sgd_momentum(
-    momentum: float, dampening: float = 0.0, nesterov: bool = False
-) -> optax.GradientTransformation:
+def sgd_momentum(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> optax.GradientTransformation:
     """Torch-style momentum: ``buf <- g`` on step 1, then ``m*buf + (1-d)*g``.
 
     With ``nesterov`` the output is ``g + m*buf``, otherwise ``buf``.
@@ -70,9 +68,7 @@ def sgd_momentum(
 
         trace = jax.tree.map(new_buf, updates, state.trace)
         if nesterov:
-            out = jax.tree.map(
-                lambda g, b: (g + momentum * b).astype(g.dtype), updates, trace
-            )
+            out = jax.tree.map(lambda g, b: (g + momentum * b).astype(g.dtype), updates, trace)
         else:
             out = jax.tree.map(lambda g, b: b.astype(g.dtype), updates, trace)
         count = optax.safe_int32_increment(state.count)
@@ -90,9 +86,7 @@ def _nonzero(x) -> bool:
     return not (_is_number(x) and x == 0)
 
 
-def sgd(
-    learning_rate, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
-) -> optax.GradientTransformation:
+def sgd(learning_rate, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False) -> optax.GradientTransformation:
     """SGD with the exact semantics of ``torch.optim.SGD``.
 
     ``learning_rate`` is a float or an optax schedule (step -> lr). With
@@ -106,10 +100,7 @@ def sgd(
         raise ValueError(f"Invalid momentum value: {momentum}")
     if _is_number(weight_decay) and weight_decay < 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    if nesterov and (
-        (_is_number(momentum) and momentum <= 0.0)
-        or (_is_number(dampening) and dampening != 0.0)
-    ):
+    if nesterov and ((_is_number(momentum) and momentum <= 0.0) or (_is_number(dampening) and dampening != 0.0)):
         raise ValueError(
             "Nesterov momentum requires momentum > 0 and zero dampening, got "
             f"momentum={momentum}, dampening={dampening}."
@@ -126,10 +117,7 @@ def sgd(
 
     def update_fn(updates, state, params=None):
         if params is None and use_wd:
-            raise ValueError(
-                "sgd with weight_decay != 0 needs params: call "
-                "tx.update(grads, state, params)."
-            )
+            raise ValueError("sgd with weight_decay != 0 needs params: call tx.update(grads, state, params).")
         return inner.update(updates, state, params)
 
     return optax.GradientTransformation(inner.init, update_fn)

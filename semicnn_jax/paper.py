@@ -7,8 +7,7 @@ statistics, at 16x224x224 with 101 classes. Semi-DenseNet totals are given for r
 default; reading (b) is in ``SEMI_DENSENET_B``.
 """
 
-FAMILIES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
-            "densenet169")
+FAMILIES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169")
 
 # family: (2D, 3D, semi pre-trained, semi total), millions, as printed.
 TABLE2 = {

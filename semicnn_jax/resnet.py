@@ -14,7 +14,6 @@ import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from semicnn_jax import base, layers
@@ -122,8 +121,14 @@ class ResNet(base.VideoClassifier):
         features = {}
         for stage in self.stages:
             for i in range(stage.blocks):
-                x = self.block(self.channels(stage.planes), stage.kind, stage.stride if i == 0 else 1,
-                               conv, norm, name=f"{stage.name}_{i}")(x)
+                x = self.block(
+                    self.channels(stage.planes),
+                    stage.kind,
+                    stage.stride if i == 0 else 1,
+                    conv,
+                    norm,
+                    name=f"{stage.name}_{i}",
+                )(x)
             if stage.pool is not None:
                 x = stage.pool.max(x)
             if stage.feature is not None:
@@ -136,29 +141,43 @@ class ResNet(base.VideoClassifier):
 
 
 def _standard_stages(depth_blocks, kind):
-    return tuple(Stage(f"layer{i + 1}", n, 64 * 2 ** i, kind, 1 if i == 0 else 2, feature=f"layer{i + 1}")
-                 for i, n in enumerate(depth_blocks))
+    return tuple(
+        Stage(f"layer{i + 1}", n, 64 * 2**i, kind, 1 if i == 0 else 2, feature=f"layer{i + 1}")
+        for i, n in enumerate(depth_blocks)
+    )
 
 
 # Blocks per stage of the 2D/3D ResNets, and the Semi-ResNet layouts ([ss], tt, [st]) of the paper.
-DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3)),
-          101: (Bottleneck, (3, 4, 23, 3)), 152: (Bottleneck, (3, 8, 36, 3))}
-SEMI_LAYOUTS = {18: ((2, 1), 1, (1, 1, 2)), 34: ((3, 2), 2, (3, 3, 3)), 50: ((3, 2), 2, (3, 3, 3)),
-                101: ((3, 2), 2, (12, 11, 3)), 152: ((3, 4), 4, (18, 18, 3))}
+DEPTHS = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+SEMI_LAYOUTS = {
+    18: ((2, 1), 1, (1, 1, 2)),
+    34: ((3, 2), 2, (3, 3, 3)),
+    50: ((3, 2), 2, (3, 3, 3)),
+    101: ((3, 2), 2, (12, 11, 3)),
+    152: ((3, 4), 4, (18, 18, 3)),
+}
 
 
 def resnet_2d(depth: int) -> dict:
     """torchvision's ResNet on the frames stacked into channels."""
     block, blocks = DEPTHS[depth]
-    return dict(stem=Stem(1, SPATIAL_POOL), stages=_standard_stages(blocks, "spatial"), block=block,
-                stack_frames=True)
+    return dict(stem=Stem(1, SPATIAL_POOL), stages=_standard_stages(blocks, "spatial"), block=block, stack_frames=True)
 
 
 def resnet_3d(depth: int) -> dict:
     """Hara et al.'s 3D ResNet with shortcut type B."""
     block, blocks = DEPTHS[depth]
-    return dict(stem=Stem(7, Pool((3, 3, 3), (2, 2, 2), (1, 1, 1))),
-                stages=_standard_stages(blocks, "spatiotemporal"), block=block)
+    return dict(
+        stem=Stem(7, Pool((3, 3, 3), (2, 2, 2), (1, 1, 1))),
+        stages=_standard_stages(blocks, "spatiotemporal"),
+        block=block,
+    )
 
 
 def semi_resnet(depth: int) -> dict:

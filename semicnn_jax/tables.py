@@ -1,6 +1,6 @@
 """Reproductions of the paper's tables.
 
-    python -m semicnn_jax.tables params    # Table 2: parameter counts, reproduced vs the paper
+python -m semicnn_jax.tables params    # Table 2: parameter counts, reproduced vs the paper
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def table2_rows(families=paper.FAMILIES):
 
 def format_table2(rows) -> str:
     columns = ("2D", "3D", "semi pre-trained", "semi total")
-    lines = ["Table 2 - parameters at 16x224x224, 101 classes: reproduced (M) / paper (M) / exact match",
-             "",
-             "| model | " + " | ".join(columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    lines = [
+        "Table 2 - parameters at 16x224x224, 101 classes: reproduced (M) / paper (M) / exact match",
+        "",
+        "| model | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     all_match = True
     for family, counts in rows:
         cells = []

@@ -15,10 +15,26 @@ from semicnn_jax import base, layers
 from semicnn_jax.base import CUBE_POOL, FRAME_POOL, KINDS, TEMPORAL_POOL, Pool
 
 # (name, channels) per convolution, None for a pool. torchvision's vgg16.features, in order.
-VGG16_FEATURES = (("conv1_1", 64), ("conv1_2", 64), None, ("conv2_1", 128), ("conv2_2", 128), None,
-                  ("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256), None,
-                  ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512), None,
-                  ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512), None)
+VGG16_FEATURES = (
+    ("conv1_1", 64),
+    ("conv1_2", 64),
+    None,
+    ("conv2_1", 128),
+    ("conv2_2", 128),
+    None,
+    ("conv3_1", 256),
+    ("conv3_2", 256),
+    ("conv3_3", 256),
+    None,
+    ("conv4_1", 512),
+    ("conv4_2", 512),
+    ("conv4_3", 512),
+    None,
+    ("conv5_1", 512),
+    ("conv5_2", 512),
+    ("conv5_3", 512),
+    None,
+)
 # Semi-VGG-16's spatial part: conv1_1 ... conv4_2, pooled after conv1_2, conv2_2, conv3_3, conv4_2.
 SEMI_VGG16_SPATIAL = VGG16_FEATURES[:12] + (None,)
 
@@ -74,8 +90,13 @@ class C3D(_VGGBase):
         base.check_clip(clip)
         features = {}
         x = clip
-        blocks = ((("conv1a", 64),), (("conv2a", 128),), (("conv3a", 256), ("conv3b", 256)),
-                  (("conv4a", 512), ("conv4b", 512)), (("conv5a", 512), ("conv5b", 512)))
+        blocks = (
+            (("conv1a", 64),),
+            (("conv2a", 128),),
+            (("conv3a", 256), ("conv3b", 256)),
+            (("conv4a", 512), ("conv4b", 512)),
+            (("conv5a", 512), ("conv5b", 512)),
+        )
         pools = (FRAME_POOL, CUBE_POOL, CUBE_POOL, CUBE_POOL, Pool((2, 2, 2), (2, 2, 2), (0, 1, 1)))
         for i, (convs, pool) in enumerate(zip(blocks, pools)):
             for name, channels in convs:

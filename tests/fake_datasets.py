@@ -37,9 +37,13 @@ def _write(root: str, videos: dict[str, int]) -> None:
 # file and a macOS resource fork that must be ignored. Sorted by code point: "Dog walking" < "café" < "cat".
 FOLDER_CLASSES = ("Dog walking", "café", "cat")
 FOLDER_TRAIN = {
-    "train/cat/a.mp4": 2, "train/cat/sub dir/b clip.MP4": 2, "train/cat/c.mkv": 2,
-    "train/café/crème brûlée.avi": 1, "train/café/d.MOV": 1,
-    "train/Dog walking/e.webm": 0, "train/Dog walking/deep/er/f.mp4": 0,
+    "train/cat/a.mp4": 2,
+    "train/cat/sub dir/b clip.MP4": 2,
+    "train/cat/c.mkv": 2,
+    "train/café/crème brûlée.avi": 1,
+    "train/café/d.MOV": 1,
+    "train/Dog walking/e.webm": 0,
+    "train/Dog walking/deep/er/f.mp4": 0,
 }
 FOLDER_VAL = {"val/cat/g.mp4": 2, "val/café/h.avi": 1, "val/Dog walking/i i.mkv": 0}
 
@@ -52,8 +56,11 @@ def make_folder_split(root: str) -> dict:
 
 
 # One class tree, split by a hash of the relative path.
-TREE = {f"{c}/{n}": i for i, c in enumerate(("jump", "run")) for n in ("1.mp4", "2.avi", "3.mp4", "x/4.mp4",
-                                                                        "5.MP4", "6.mkv")}
+TREE = {
+    f"{c}/{n}": i
+    for i, c in enumerate(("jump", "run"))
+    for n in ("1.mp4", "2.avi", "3.mp4", "x/4.mp4", "5.MP4", "6.mkv")
+}
 
 
 def make_folder_tree(root: str) -> dict:
@@ -64,8 +71,15 @@ def make_folder_tree(root: str) -> dict:
 # List files: MMAction2's "path LABEL" (class names or indices, spaces in paths) and a CSV with a BOM
 # and CRLF line ends. The class names file's order is not sorted: labels follow it.
 LIST_CLASSES = ("wave", "brush_hair", "kick")
-LIST_VIDEOS = {"clips/kick/k 1.mp4": 2, "clips/kick/k2.avi": 2, "clips/wave/w1.mp4": 0, "clips/brush hair/b1.mkv": 1,
-               "clips/brush hair/b2.mp4": 1, "other/w2.MP4": 0, "other/k3.mp4": 2}
+LIST_VIDEOS = {
+    "clips/kick/k 1.mp4": 2,
+    "clips/kick/k2.avi": 2,
+    "clips/wave/w1.mp4": 0,
+    "clips/brush hair/b1.mkv": 1,
+    "clips/brush hair/b2.mp4": 1,
+    "other/w2.MP4": 0,
+    "other/k3.mp4": 2,
+}
 LIST_TRAIN = ("clips/kick/k 1.mp4", "clips/kick/k2.avi", "clips/wave/w1.mp4", "clips/brush hair/b1.mkv")
 LIST_VAL = ("clips/brush hair/b2.mp4", "other/w2.MP4", "other/k3.mp4")
 
@@ -74,13 +88,20 @@ def make_lists(root: str) -> dict:
     _write(root, LIST_VIDEOS)
     text(os.path.join(root, "classes.txt"), "wave\nbrush_hair\nkick\n")
     # class names as labels, then an index; trailing spaces and a blank line
-    text(os.path.join(root, "train.txt"), "clips/kick/k 1.mp4 kick\nclips/kick/k2.avi kick\n\n"
-                                          "clips/wave/w1.mp4 wave   \nclips/brush hair/b1.mkv 1\n")
+    text(
+        os.path.join(root, "train.txt"),
+        "clips/kick/k 1.mp4 kick\nclips/kick/k2.avi kick\n\nclips/wave/w1.mp4 wave   \nclips/brush hair/b1.mkv 1\n",
+    )
     # the evaluation list as CSV: a BOM, CRLF line ends, a quoted path, an extra column, indices
-    text(os.path.join(root, "val.csv"), "\ufeffpath,label,comment\r\n\"clips/brush hair/b2.mp4\",1,x\r\n"
-                                        "other/w2.MP4,0,y\r\nother/k3.mp4,2,z\r\n")
-    return {"classes": LIST_CLASSES, "train": {p: LIST_VIDEOS[p] for p in LIST_TRAIN},
-            "val": {p: LIST_VIDEOS[p] for p in LIST_VAL}}
+    text(
+        os.path.join(root, "val.csv"),
+        '\ufeffpath,label,comment\r\n"clips/brush hair/b2.mp4",1,x\r\nother/w2.MP4,0,y\r\nother/k3.mp4,2,z\r\n',
+    )
+    return {
+        "classes": LIST_CLASSES,
+        "train": {p: LIST_VIDEOS[p] for p in LIST_TRAIN},
+        "val": {p: LIST_VIDEOS[p] for p in LIST_VAL},
+    }
 
 
 # HMDB-51 release: two classes; split 1 tags 1 (train), 2 (test), 0 (unused); split 2 another way.
@@ -98,12 +119,18 @@ def make_hmdb51(root: str) -> dict:
     _write(os.path.join(root, "hmdb51_org"), HMDB_TAGS)
     for split in (1, 2, 3):
         for c in HMDB_CLASSES:
-            lines = [f"{rel.split('/')[1]} {tags[split - 1]} \n" for rel, tags in HMDB_TAGS.items() if rel.startswith(c)]
+            lines = [
+                f"{rel.split('/')[1]} {tags[split - 1]} \n" for rel, tags in HMDB_TAGS.items() if rel.startswith(c)
+            ]
             text(os.path.join(root, "testTrainMulti_7030_splits", f"{c}_test_split{split}.txt"), "".join(lines))
     expected = {}
     for split in (1, 2, 3):
-        expected[split] = {subset: {rel: HMDB_CLASSES.index(rel.split("/")[0]) for rel, tags in HMDB_TAGS.items()
-                                    if tags[split - 1] == tag} for subset, tag in (("train", 1), ("val", 2))}
+        expected[split] = {
+            subset: {
+                rel: HMDB_CLASSES.index(rel.split("/")[0]) for rel, tags in HMDB_TAGS.items() if tags[split - 1] == tag
+            }
+            for subset, tag in (("train", 1), ("val", 2))
+        }
     return {"classes": HMDB_CLASSES, "splits": expected}
 
 
@@ -113,14 +140,29 @@ KINETICS_ROWS = {  # (label, youtube_id, start, end, subset) -> file written (No
     ("abseiling", "0347ZoDXyP0", 14, 24, "train"): "train/abseiling/0347ZoDXyP0_000014_000024.mp4",
     ("abseiling", "-3B32lodo2M", 59, 69, "train"): "train/abseiling/-3B32lodo2M_000059_000069.mp4",
     ("abseiling", "gone0000000", 0, 10, "train"): None,
-    ("passing American football (in game)", "AWS9hWbTu1s", 3, 13, "train"):
-        "train/passing_American_football_in_game/AWS9hWbTu1s_000003_000013.mkv",
-    ("passing American football (in game)", "5tIf-2XEF7k", 120, 130, "train"):
-        "train/passing_American_football_in_game/5tIf-2XEF7k_000120_000130.mp4",
+    (
+        "passing American football (in game)",
+        "AWS9hWbTu1s",
+        3,
+        13,
+        "train",
+    ): "train/passing_American_football_in_game/AWS9hWbTu1s_000003_000013.mkv",
+    (
+        "passing American football (in game)",
+        "5tIf-2XEF7k",
+        120,
+        130,
+        "train",
+    ): "train/passing_American_football_in_game/5tIf-2XEF7k_000120_000130.mp4",
     ("abseiling", "Q8lMjYrOXZI", 30, 40, "val"): "val/abseiling/Q8lMjYrOXZI_000030_000040.mp4",
     ("passing American football (in game)", "ZZ5PLk8gB9o", 1, 11, "val"): None,
-    ("passing American football (in game)", "ng2KJaG_4XE", 7, 17, "val"):
-        "val/passing_American_football_in_game/ng2KJaG_4XE_000007_000017.mp4",
+    (
+        "passing American football (in game)",
+        "ng2KJaG_4XE",
+        7,
+        17,
+        "val",
+    ): "val/passing_American_football_in_game/ng2KJaG_4XE_000007_000017.mp4",
 }
 KINETICS_CLASSES = ("abseiling", "passing American football (in game)")
 
@@ -137,6 +179,8 @@ def make_kinetics(root: str) -> dict:
     _write(root, {f: 0 for f in KINETICS_ROWS.values() if f})
     for subset, name in (("train", "train.csv"), ("val", "validate.csv")):
         text(os.path.join(root, "annotations", name), kinetics_csv(k for k in KINETICS_ROWS if k[4] == subset))
-    found = {subset: {f: KINETICS_CLASSES.index(k[0]) for k, f in KINETICS_ROWS.items() if f and k[4] == subset}
-             for subset in ("train", "val")}
+    found = {
+        subset: {f: KINETICS_CLASSES.index(k[0]) for k, f in KINETICS_ROWS.items() if f and k[4] == subset}
+        for subset in ("train", "val")
+    }
     return {"classes": KINETICS_CLASSES, **found, "missing": {"train": 1, "val": 1}}

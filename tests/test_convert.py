@@ -20,15 +20,22 @@ import pytest
 import torch
 import torchvision
 from absl import flags
+from commands import run_command
 from flax import traverse_util
 
-from commands import run_command
 from semicnn_jax import convert, models, resnet
 
 ARCHS = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169")
-PRETRAINED = {"semi_vgg16": 5_275_456, "semi_resnet18": 387_648, "semi_resnet34": 757_056,
-              "semi_resnet50": 884_800, "semi_resnet101": 884_800, "semi_resnet152": 1_444_928,
-              "semi_densenet121": 762_816, "semi_densenet169": 762_816}
+PRETRAINED = {
+    "semi_vgg16": 5_275_456,
+    "semi_resnet18": 387_648,
+    "semi_resnet34": 757_056,
+    "semi_resnet50": 884_800,
+    "semi_resnet101": 884_800,
+    "semi_resnet152": 1_444_928,
+    "semi_densenet121": 762_816,
+    "semi_densenet169": 762_816,
+}
 # Frames per test clip: enough to survive each semi model's temporal and 2x2x2 pools.
 SEMI_FRAMES = {"vgg": 8, "resnet": 2, "densenet": 8}
 SIZE = 64
@@ -81,8 +88,7 @@ def _template(name, frames, num_classes=1000):
     """Variables of ``name`` for [1, frames, SIZE, SIZE, 3] clips, numpy zeros."""
     model = models.create(name, num_classes=num_classes)
     tracer = models.create(name, num_classes=num_classes, lowering="3d")  # same shapes, traces faster
-    shapes = jax.eval_shape(lambda: tracer.init(jax.random.key(0), jnp.zeros((1, frames, SIZE, SIZE, 3)),
-                                               train=False))
+    shapes = jax.eval_shape(lambda: tracer.init(jax.random.key(0), jnp.zeros((1, frames, SIZE, SIZE, 3)), train=False))
     return model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
@@ -126,6 +132,7 @@ def _size(tree):
 # ----------------------------------------------------------------------------------------------------
 # 2D models.
 
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_2d_model_gives_torchvision_logits(arch):
     model, variables = _template(f"{arch}_2d", frames=1)
@@ -136,8 +143,10 @@ def test_2d_model_gives_torchvision_logits(arch):
     with torch.no_grad():
         want = _torch_model(arch)(_frames_to_torch(clip)).numpy()
     err = _rel_err(got, want)
-    print(f"{arch}_2d: max |logit error| = {np.max(np.abs(np.asarray(got) - want)):.3g}, "
-          f"relative to max |logit| = {err:.3g}")
+    print(
+        f"{arch}_2d: max |logit error| = {np.max(np.abs(np.asarray(got) - want)):.3g}, "
+        f"relative to max |logit| = {err:.3g}"
+    )
     assert err < 1e-4
 
 
@@ -145,12 +154,21 @@ def test_2d_model_gives_torchvision_logits(arch):
 def test_2d_inflation_and_other_classifier(arch):
     """The first kernel is repeated over T frames / T; a 10-class classifier keeps its init."""
     name, frames, family = f"{arch}_2d", 4, _family(arch)
-    first, classifier, prefix = {"vgg": ("conv1_1", "fc8", "classifier.6"), "resnet": ("conv1", "fc", "fc"),
-                                 "densenet": ("conv0", "classifier", "classifier")}[family]
+    first, classifier, prefix = {
+        "vgg": ("conv1_1", "fc8", "classifier.6"),
+        "resnet": ("conv1", "fc", "fc"),
+        "densenet": ("conv0", "classifier", "classifier"),
+    }[family]
     if family == "vgg":  # only the layers concerned: converting FC6 and FC7 costs seconds
-        variables = {"params": {"conv1_1": {"kernel": np.zeros((1, 3, 3, 3 * frames, 64), np.float32),
-                                            "bias": np.zeros(64, np.float32)},
-                                "fc8": {"kernel": np.zeros((4096, 10), np.float32), "bias": np.zeros(10, np.float32)}}}
+        variables = {
+            "params": {
+                "conv1_1": {
+                    "kernel": np.zeros((1, 3, 3, 3 * frames, 64), np.float32),
+                    "bias": np.zeros(64, np.float32),
+                },
+                "fc8": {"kernel": np.zeros((4096, 10), np.float32), "bias": np.zeros(10, np.float32)},
+            }
+        }
     else:
         _, variables = _template(name, frames, num_classes=10)
     variables["params"][classifier] = _noise(variables["params"][classifier])
@@ -164,14 +182,18 @@ def test_2d_inflation_and_other_classifier(arch):
     assert result.n == _size(new["params"]) - _size(new["params"][classifier])
     mask = convert.pretrained_mask(name, new["params"])
     assert not any(jax.tree.leaves(mask[classifier])) and all(
-        v for k, sub in mask.items() if k != classifier for v in jax.tree.leaves(sub))
-    key = f"features.{first}.weight" if family == "densenet" else (
-        "features.0.weight" if family == "vgg" else "conv1.weight")
+        v for k, sub in mask.items() if k != classifier for v in jax.tree.leaves(sub)
+    )
+    key = (
+        f"features.{first}.weight"
+        if family == "densenet"
+        else ("features.0.weight" if family == "vgg" else "conv1.weight")
+    )
     kernel = _state_dict(arch)[key].transpose(2, 3, 1, 0)[None]  # [1, kh, kw, 3, cout]
     got = np.asarray(new["params"][first]["kernel"])
     assert got.shape[3] == 3 * frames
     for t in range(frames):  # frame-major channels, like layers.frames_to_channels
-        np.testing.assert_allclose(got[..., 3 * t:3 * t + 3, :], kernel / frames, rtol=1e-6)
+        np.testing.assert_allclose(got[..., 3 * t : 3 * t + 3, :], kernel / frames, rtol=1e-6)
     with pytest.raises(ValueError, match="left unused"):
         convert.from_torchvision(name, _state_dict(arch), variables, strict=True)
 
@@ -190,6 +212,7 @@ def test_2d_static_clip_of_t_frames_gives_torchvision_logits():
 # ----------------------------------------------------------------------------------------------------
 # Semi models.
 
+
 def _torch_spatial(arch, frames):
     """torchvision's per-frame features at the end of the semi model's spatial stage, [T, H, W, C]."""
     net, family = _torch_model(arch), _family(arch)
@@ -198,7 +221,7 @@ def _torch_spatial(arch, frames):
         if family == "vgg":  # conv1_1 ... conv4_2 + ReLU (features[:21]), then the 2x2 max-pool
             x = torch.nn.functional.max_pool2d(net.features[:21](x), 2, 2)
         elif family == "resnet":
-            ss1 = resnet.SEMI_LAYOUTS[int(arch[len("resnet"):])][0][1]  # layer2 blocks in the spatial stage
+            ss1 = resnet.SEMI_LAYOUTS[int(arch[len("resnet") :])][0][1]  # layer2 blocks in the spatial stage
             x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
             x = net.layer2[:ss1](net.layer1(x))
             x = torch.nn.functional.max_pool2d(x, 3, 2, 1)
@@ -241,20 +264,27 @@ def test_semi_model_spatial_stage_is_torchvision(arch, caplog):
 # ----------------------------------------------------------------------------------------------------
 # Errors, key styles.
 
+
 def test_wrong_architecture_missing_key_and_wrong_shape_raise():
     _, variables = _template("resnet18_2d", 1)
     with pytest.raises(ValueError, match=r"'layer1\.2\.conv1\.weight' \(shape \(64, 64, 3, 3\)\) does not exist"):
         convert.from_torchvision("resnet18_2d", _state_dict("resnet34"), variables)
-    with pytest.raises(ValueError, match=r"'layer1\.0\.conv1\.weight' has shape \(64, 64, 1, 1\), "
-                                         r"torchvision resnet18 has \(64, 64, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'layer1\.0\.conv1\.weight' has shape \(64, 64, 1, 1\), "
+        r"torchvision resnet18 has \(64, 64, 3, 3\)",
+    ):
         convert.from_torchvision("resnet18_2d", _state_dict("resnet50"), variables)
     missing = dict(_state_dict("resnet18"))
     del missing["layer1.0.bn1.running_var"]
     with pytest.raises(ValueError, match=r"no key 'layer1\.0\.bn1\.running_var' \(expected shape \(64,\)\)"):
         convert.from_torchvision("resnet18_2d", missing, variables)
     wrong = dict(_state_dict("resnet18"), **{"conv1.weight": np.zeros((64, 3, 5, 5), np.float32)})
-    with pytest.raises(ValueError, match=r"'conv1\.weight' has shape \(64, 3, 5, 5\), torchvision resnet18 "
-                                         r"has \(64, 3, 7, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'conv1\.weight' has shape \(64, 3, 5, 5\), torchvision resnet18 "
+        r"has \(64, 3, 7, 7\)",
+    ):
         convert.from_torchvision("semi_resnet18", wrong, variables)
     # Variables of another model than the name says (one block more in layer1).
     _, semi = _template("semi_resnet18", 2)
@@ -264,15 +294,21 @@ def test_wrong_architecture_missing_key_and_wrong_shape_raise():
         convert.from_torchvision("semi_resnet18", _state_dict("resnet18"), semi)
     # A narrower model: shapes do not fit.
     variables["params"]["conv1"]["kernel"] = jax.ShapeDtypeStruct((1, 7, 7, 3, 32), jnp.float32)
-    with pytest.raises(ValueError, match=r"'conv1\.weight' of shape \(64, 3, 7, 7\) .* does not fit "
-                                         r"params/conv1/kernel \(shape \(1, 7, 7, 3, 32\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'conv1\.weight' of shape \(64, 3, 7, 7\) .* does not fit "
+        r"params/conv1/kernel \(shape \(1, 7, 7, 3, 32\)\)",
+    ):
         convert.from_torchvision("resnet18_2d", _state_dict("resnet18"), variables)
 
 
 def test_variables_of_another_model_raise():
     foreign = {"params": {"temporal_conv": {"kernel": np.zeros((3, 1, 1, 512, 512), np.float32)}}}
-    with pytest.raises(ValueError, match=r"params/temporal_conv/kernel \(shape \(3, 1, 1, 512, 512\)\) has no "
-                                         r"counterpart in torchvision vgg16"):
+    with pytest.raises(
+        ValueError,
+        match=r"params/temporal_conv/kernel \(shape \(3, 1, 1, 512, 512\)\) has no "
+        r"counterpart in torchvision vgg16",
+    ):
         convert.from_torchvision("vgg16_2d", _state_dict("vgg16"), foreign)
     with pytest.raises(ValueError, match="nothing of the state dict fits"):
         convert.from_torchvision("semi_vgg16", _state_dict("vgg16"), foreign)
@@ -284,8 +320,10 @@ def test_semi_densenet_reading_b_pretrained_count():
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, SIZE, SIZE, 3))))
     mask = convert.pretrained_mask("semi_densenet121", shapes["params"])
     assert "spatial_transition" in mask and not any(jax.tree.leaves(mask["spatial_transition"]))
-    assert sum(int(np.prod(p.shape)) for p, m in zip(jax.tree.leaves(shapes["params"]), jax.tree.leaves(mask))
-               if m) == PRETRAINED["semi_densenet121"]
+    assert (
+        sum(int(np.prod(p.shape)) for p, m in zip(jax.tree.leaves(shapes["params"]), jax.tree.leaves(mask)) if m)
+        == PRETRAINED["semi_densenet121"]
+    )
 
 
 @pytest.mark.parametrize("name", ("resnet18_3d", "semi_resnet18_3d", "c3d", "densenet121_3d"))
@@ -330,6 +368,7 @@ def test_summarize_keys():
 # ----------------------------------------------------------------------------------------------------
 # Files and the command.
 
+
 def test_save_load_round_trip_and_mismatches(tmp_path):
     model, variables = _template("resnet18_2d", 1)
     new, _ = convert.from_torchvision("resnet18_2d", _state_dict("resnet18"), variables)
@@ -368,18 +407,25 @@ def test_torchvision_weights_api_is_used(monkeypatch):
             calls.append(progress)
             return {"fc.bias": torch.zeros(1000)}
 
-    monkeypatch.setattr(torchvision.models, "get_model_weights",
-                        lambda name: {"DEFAULT": Weights(), "IMAGENET1K_V1": Weights()} if name == "resnet18" else None)
+    monkeypatch.setattr(
+        torchvision.models,
+        "get_model_weights",
+        lambda name: {"DEFAULT": Weights(), "IMAGENET1K_V1": Weights()} if name == "resnet18" else None,
+    )
     assert set(convert.torchvision_state_dict("resnet18")) == {"fc.bias"}
     assert set(convert.torchvision_state_dict("resnet18:IMAGENET1K_V1")) == {"fc.bias"}
     assert len(calls) == 2
 
 
 def test_command_errors(tmp_path, capsys):
-    code = run_command(convert, ["--model", "c3d", "--torch_weights", str(tmp_path / "x.pth"), "--out", str(tmp_path / "o")])
+    code = run_command(
+        convert, ["--model", "c3d", "--torch_weights", str(tmp_path / "x.pth"), "--out", str(tmp_path / "o")]
+    )
     assert code == 2 and "c3d has no ImageNet counterpart" in capsys.readouterr().err
-    code = run_command(convert, ["--model", "semi_resnet18", "--torch_weights", str(tmp_path / "missing.pth"),
-                                 "--out", str(tmp_path / "o")])
+    code = run_command(
+        convert,
+        ["--model", "semi_resnet18", "--torch_weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o")],
+    )
     assert code == 2 and "missing.pth" in capsys.readouterr().err
     with pytest.raises(flags.IllegalFlagValueError, match="torch_weights"):  # exactly one weights source
         run_command(convert, ["--model", "semi_resnet18", "--out", str(tmp_path / "o")])
@@ -397,12 +443,34 @@ def _command(request, tmp_path_factory, _one_torch_thread):
     torch.save(_torch_model("resnet18").state_dict(), pth)
     # XLA's default CPU optimisation level makes compiling the random init take ~20 s; 1 takes ~5 s.
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=flags.strip())
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=flags.strip(),
+    )
     with open(tmp / "stdout", "w") as stdout, open(tmp / "stderr", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "semicnn_jax.convert", "--model", "semi_resnet18",
-                                 "--torch_weights", str(pth), "--out", str(out), "--num_frames", "4",
-                                 "--image_size", "64"], stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "semicnn_jax.convert",
+                "--model",
+                "semi_resnet18",
+                "--torch_weights",
+                str(pth),
+                "--out",
+                str(out),
+                "--num_frames",
+                "4",
+                "--image_size",
+                "64",
+            ],
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=REPO,
+        )
     yield proc, tmp, out
     if proc.poll() is None:
         proc.kill()

@@ -9,10 +9,10 @@ import logging
 import os
 import unicodedata
 
+import fake_datasets as fd
 import numpy as np
 import pytest
 
-import fake_datasets as fd
 from experiments import base
 from semicnn_jax.data import pipeline, prepare
 
@@ -40,8 +40,10 @@ SOURCES = {  # id -> (dataset name, tree maker, dataset fields)
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
-    return {key: (str(root / key.replace(" ", "_")), make(str(root / key.replace(" ", "_"))))
-            for key, (_, make, _) in SOURCES.items()}
+    return {
+        key: (str(root / key.replace(" ", "_")), make(str(root / key.replace(" ", "_"))))
+        for key, (_, make, _) in SOURCES.items()
+    }
 
 
 def read(name, data_dir, **dataset):
@@ -74,7 +76,7 @@ def test_folder_split_layout_classes_labels_and_ignored_files(trees, caplog):
 
 def expected_side(rel, fraction):
     """The issue's rule written out: SHA-1 of the NFC relative path, first 8 bytes as a fraction."""
-    value = int(hashlib.sha1(unicodedata.normalize("NFC", rel).encode()).hexdigest()[:16], 16) / 2 ** 64
+    value = int(hashlib.sha1(unicodedata.normalize("NFC", rel).encode()).hexdigest()[:16], 16) / 2**64
     return "val" if value < fraction else "train"
 
 
@@ -126,7 +128,8 @@ def test_hmdb51_splits_tags_and_labels(trees):
         assert found(idx.val) == expected["splits"][split]["val"]
     assert found(read("hmdb51", root, split=1).train) == {  # written out for split 1
         "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi": 0,
-        "cartwheel/(Rad)Schlagen_cartwheel_f_cm_np1_le_med_0.avi": 1}
+        "cartwheel/(Rad)Schlagen_cartwheel_f_cm_np1_le_med_0.avi": 1,
+    }
 
 
 def test_kinetics_renamed_label_folders_other_containers_and_missing_clips(trees, caplog):
@@ -139,8 +142,10 @@ def test_kinetics_renamed_label_folders_other_containers_and_missing_clips(trees
     with caplog.at_level(logging.WARNING, logger="absl"):
         source = pipeline.create(config("kinetics", root))
     lines = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
-    assert lines == [f"1 of 5 listed clips missing under {os.path.join(root, 'train')}; skipped",
-                     f"1 of 3 listed clips missing under {os.path.join(root, 'val')}; skipped"]
+    assert lines == [
+        f"1 of 5 listed clips missing under {os.path.join(root, 'train')}; skipped",
+        f"1 of 3 listed clips missing under {os.path.join(root, 'val')}; skipped",
+    ]
     assert (source.info.num_train, source.info.num_eval) == (4, 2)
 
 
@@ -158,31 +163,62 @@ def _list_tree(tmp_path, train, val="c.mp4 0\n", classes=None, val_name="v.txt")
     return config("list", tmp_path, **fields)
 
 
-@pytest.mark.parametrize("case,train,val,classes,message", [
-    ("unknown label", "a.mp4 run\n", "c.mp4 swim\n", "run\njump\n", r"v.txt:1: unknown label 'swim'"),
-    ("unknown index", "a.mp4 run\n", "c.mp4 2\n", "run\njump\n", r"v.txt:1: unknown label '2'"),
-    ("label not in training", "a.mp4 run\n", "c.mp4 jump\n", None, r"v.txt:1: unknown label 'jump'"),
-    ("names and indices", "a.mp4 run\nb b.mp4 1\n", "c.mp4 run\n", None,
-     r"t.txt:2: label '1' is an index while other labels are class names; give dataset.class_names"),
-    ("no label", "a.mp4 0\nb b.mp4\n", "c.mp4 0\n", None, r"t.txt:2: no label .*'b b.mp4'"),
-    ("no label, one field", "a.mp4\n", "c.mp4 0\n", None, r"t.txt:1: no label"),
-    ("duplicated path", "a.mp4 0\nb b.mp4 1\n./a.mp4 1\n", "c.mp4 0\n", None,
-     r"t.txt:3: 'a.mp4' is listed twice \(also at .*t.txt:1\)"),
-    ("in both lists", "a.mp4 0\nc.mp4 1\n", "C.MP4 0\n", None, r"v.txt:1: 'c.mp4' is listed twice \(also at .*t.txt:2\)"),
-    ("outside data_dir", "../a.mp4 0\n", "c.mp4 0\n", None, r"t.txt:1: '../a.mp4' must be a path relative"),
-    ("empty list", "\n\n", "c.mp4 0\n", None, r"t.txt: the list of dataset.train_list is empty"),
-    ("class named twice", "a.mp4 run\n", "c.mp4 run\n", "run\njump\nrun\n", r"names.txt:3: class 'run' is named twice"),
-])
+@pytest.mark.parametrize(
+    "case,train,val,classes,message",
+    [
+        ("unknown label", "a.mp4 run\n", "c.mp4 swim\n", "run\njump\n", r"v.txt:1: unknown label 'swim'"),
+        ("unknown index", "a.mp4 run\n", "c.mp4 2\n", "run\njump\n", r"v.txt:1: unknown label '2'"),
+        ("label not in training", "a.mp4 run\n", "c.mp4 jump\n", None, r"v.txt:1: unknown label 'jump'"),
+        (
+            "names and indices",
+            "a.mp4 run\nb b.mp4 1\n",
+            "c.mp4 run\n",
+            None,
+            r"t.txt:2: label '1' is an index while other labels are class names; give dataset.class_names",
+        ),
+        ("no label", "a.mp4 0\nb b.mp4\n", "c.mp4 0\n", None, r"t.txt:2: no label .*'b b.mp4'"),
+        ("no label, one field", "a.mp4\n", "c.mp4 0\n", None, r"t.txt:1: no label"),
+        (
+            "duplicated path",
+            "a.mp4 0\nb b.mp4 1\n./a.mp4 1\n",
+            "c.mp4 0\n",
+            None,
+            r"t.txt:3: 'a.mp4' is listed twice \(also at .*t.txt:1\)",
+        ),
+        (
+            "in both lists",
+            "a.mp4 0\nc.mp4 1\n",
+            "C.MP4 0\n",
+            None,
+            r"v.txt:1: 'c.mp4' is listed twice \(also at .*t.txt:2\)",
+        ),
+        ("outside data_dir", "../a.mp4 0\n", "c.mp4 0\n", None, r"t.txt:1: '../a.mp4' must be a path relative"),
+        ("empty list", "\n\n", "c.mp4 0\n", None, r"t.txt: the list of dataset.train_list is empty"),
+        (
+            "class named twice",
+            "a.mp4 run\n",
+            "c.mp4 run\n",
+            "run\njump\nrun\n",
+            r"names.txt:3: class 'run' is named twice",
+        ),
+    ],
+)
 def test_bad_list_files_are_refused_naming_file_and_line(tmp_path, case, train, val, classes, message):
     with pytest.raises(ValueError, match=message):
         pipeline.validate(_list_tree(tmp_path, train, val, classes))
 
 
-@pytest.mark.parametrize("content,message", [
-    ("\ufeffpath,label\r\nc.mp4,\r\n", r"v.csv:2: a label is missing"),
-    ("\ufefffile,label\r\nc.mp4,0\r\n", r"v.csv:1: the CSV header must name the columns path, label; it lacks path"),
-    ("path,label\r\n\"c.mp4\",0\r\n\"a.mp4\",1\r\n", r"v.csv:3: 'a.mp4' is listed twice"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("\ufeffpath,label\r\nc.mp4,\r\n", r"v.csv:2: a label is missing"),
+        (
+            "\ufefffile,label\r\nc.mp4,0\r\n",
+            r"v.csv:1: the CSV header must name the columns path, label; it lacks path",
+        ),
+        ('path,label\r\n"c.mp4",0\r\n"a.mp4",1\r\n', r"v.csv:3: 'a.mp4' is listed twice"),
+    ],
+)
 def test_bad_csv_lists_are_refused_naming_file_and_line(tmp_path, content, message):
     with pytest.raises(ValueError, match=message):
         pipeline.validate(_list_tree(tmp_path, "a.mp4 0\nb b.mp4 1\n", content, val_name="v.csv"))
@@ -231,16 +267,23 @@ def test_release_traps_name_file_and_line(trees, tmp_path):
         pipeline.validate(config("hmdb51", tmp_path / "hmdb"))
     kinetics = tmp_path / "kinetics"
     touch(kinetics, "train/abseiling/0347ZoDXyP0_000014_000024.mp4", "val/abseiling/Q8lMjYrOXZI_000030_000040.mp4")
-    fd.text(str(kinetics / "annotations" / "train.csv"), fd.kinetics_csv([("abseiling", "0347ZoDXyP0", 14, 24, "train")]))
-    fd.text(str(kinetics / "annotations" / "validate.csv"), fd.kinetics_csv([("abseiling", "Q8lMjYrOXZI", 30, 40, "val"),
-                                                                            ("juggling", "x", 1, 11, "val")]))
+    fd.text(
+        str(kinetics / "annotations" / "train.csv"), fd.kinetics_csv([("abseiling", "0347ZoDXyP0", 14, 24, "train")])
+    )
+    fd.text(
+        str(kinetics / "annotations" / "validate.csv"),
+        fd.kinetics_csv([("abseiling", "Q8lMjYrOXZI", 30, 40, "val"), ("juggling", "x", 1, 11, "val")]),
+    )
     with pytest.raises(ValueError, match=r"validate.csv:3: unknown label 'juggling' \(not a label of train.csv\)"):
         pipeline.validate(config("kinetics", kinetics))
 
 
 def test_unknown_dataset_name_lists_the_sources():
-    with pytest.raises(ValueError, match="dataset.name='ucf102' is unknown; valid: synthetic_motion, ucf101, hmdb51, "
-                                         "kinetics, folder, list, tfds:<name>/<config>"):
+    with pytest.raises(
+        ValueError,
+        match="dataset.name='ucf102' is unknown; valid: synthetic_motion, ucf101, hmdb51, "
+        "kinetics, folder, list, tfds:<name>/<config>",
+    ):
         pipeline.validate(config("ucf102", "/nowhere"))
 
 
@@ -253,7 +296,8 @@ def test_every_dataset_field_is_declared_once_with_the_base_configs_default():
             if key != "name":
                 assert dataset[key] == default, (name, key)
     assert {"val_fraction", "train_list", "val_list", "class_names"} <= set(pipeline.config_fields("list")) | set(
-        pipeline.config_fields("folder"))
+        pipeline.config_fields("folder")
+    )
 
 
 # ---------------------------------------------------------------------------- every source decodes

@@ -36,8 +36,11 @@ def normalise(distribution: str) -> str:
 
 
 def requirement_names(lines) -> set[str]:
-    return {normalise(re.split(r"[<>=!~\[;@ ]", line.strip())[0]) for line in lines
-            if line.strip() and not line.lstrip().startswith("#")}
+    return {
+        normalise(re.split(r"[<>=!~\[;@ ]", line.strip())[0])
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#")
+    }
 
 
 def imported_top_level_modules() -> dict[str, str]:

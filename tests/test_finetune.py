@@ -7,12 +7,12 @@ named once), fine-tuned on a 2-class folder dataset with ``freeze_until='spatial
 import logging
 import os
 
+import fake_datasets
+import fake_ucf101
 import jax
 import numpy as np
 import pytest
 
-import fake_datasets
-import fake_ucf101
 from experiments import base
 from semicnn_jax import convert, finetune, models, predict, train
 
@@ -31,18 +31,38 @@ def abstract(name, **options):
 SPATIAL_RESNET18 = {"conv1", "bn1", "layer1_0", "layer1_1", "layer2_0"}
 
 
-@pytest.mark.parametrize("name,stage,expected", [
-    ("semi_resnet18", "spatial", SPATIAL_RESNET18),
-    ("semi_resnet18", "temporal", SPATIAL_RESNET18 | {"temporal_0"}),
-    ("semi_resnet18", "spatiotemporal", SPATIAL_RESNET18 | {"temporal_0", "layer3a_0", "layer3b_0", "layer4_0",
-                                                            "layer4_1"}),
-    ("resnet18_3d", "layer2", {"conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1"}),
-    ("resnet18_2d", "layer1", {"conv1", "bn1", "layer1_0", "layer1_1"}),
-    ("c3d", "pool2", {"conv1a", "conv2a"}),
-    ("vgg16_2d", "pool1", {"conv1_1", "conv1_2"}),
-    ("semi_vgg16", "temporal", {"conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-                                "conv4_1", "conv4_2", "temporal_conv"}),
-])
+@pytest.mark.parametrize(
+    "name,stage,expected",
+    [
+        ("semi_resnet18", "spatial", SPATIAL_RESNET18),
+        ("semi_resnet18", "temporal", SPATIAL_RESNET18 | {"temporal_0"}),
+        (
+            "semi_resnet18",
+            "spatiotemporal",
+            SPATIAL_RESNET18 | {"temporal_0", "layer3a_0", "layer3b_0", "layer4_0", "layer4_1"},
+        ),
+        ("resnet18_3d", "layer2", {"conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1"}),
+        ("resnet18_2d", "layer1", {"conv1", "bn1", "layer1_0", "layer1_1"}),
+        ("c3d", "pool2", {"conv1a", "conv2a"}),
+        ("vgg16_2d", "pool1", {"conv1_1", "conv1_2"}),
+        (
+            "semi_vgg16",
+            "temporal",
+            {
+                "conv1_1",
+                "conv1_2",
+                "conv2_1",
+                "conv2_2",
+                "conv3_1",
+                "conv3_2",
+                "conv3_3",
+                "conv4_1",
+                "conv4_2",
+                "temporal_conv",
+            },
+        ),
+    ],
+)
 def test_freeze_until_masks_every_parameter_up_to_the_stage(name, stage, expected):
     model, variables = abstract(name)
     mask = finetune.stage_mask(model, variables, CLIP, stage)
@@ -76,12 +96,17 @@ def tiny(**overrides):
     return config
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"freeze_until": "layer9", "init_from": __file__}, "freeze_until='layer9' is not a stage of semi_resnet18; valid: "
-                                                   "spatial, temporal, spatiotemporal"),
-    ({"freeze_until": "spatial"}, "freeze_until='spatial' needs config.init_from"),
-    ({"init_from": "/nowhere/run"}, "init_from='/nowhere/run': no such file, and not a training run"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            {"freeze_until": "layer9", "init_from": __file__},
+            "freeze_until='layer9' is not a stage of semi_resnet18; valid: spatial, temporal, spatiotemporal",
+        ),
+        ({"freeze_until": "spatial"}, "freeze_until='spatial' needs config.init_from"),
+        ({"init_from": "/nowhere/run"}, "init_from='/nowhere/run': no such file, and not a training run"),
+    ],
+)
 def test_bad_fine_tuning_configs_are_refused(overrides, message):
     config = tiny(**{"dataset.name": "synthetic_motion", **overrides})
     with pytest.raises(ValueError, match=message):
@@ -122,17 +147,26 @@ def test_a_release_trains_end_to_end_naming_its_unreadable_video_once(ucf_run):
 @pytest.fixture(scope="module")
 def two_classes(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("two_classes"))
-    for i, rel in enumerate(["train/a/1.mp4", "train/a/2.MKV", "train/b b/3.avi", "train/b b/4.mp4", "val/a/5.mp4",
-                             "val/b b/6.webm"]):
+    for i, rel in enumerate(
+        ["train/a/1.mp4", "train/a/2.MKV", "train/b b/3.avi", "train/b b/4.mp4", "val/a/5.mp4", "val/b b/6.webm"]
+    ):
         fake_datasets.video(os.path.join(root, rel), seed=i)
     return root
 
 
 def test_fine_tune_to_two_classes_loads_matching_layers_a_new_classifier_and_freezes_the_spatial_stage(
-        ucf_run, two_classes, tmp_path, monkeypatch, caplog):
+    ucf_run, two_classes, tmp_path, monkeypatch, caplog
+):
     workdir, trained, _ = ucf_run
-    config = tiny(**{"dataset.name": "folder", "dataset.data_dir": two_classes, "init_from": workdir,
-                     "freeze_until": "spatial", "max_steps": 1})  # one step, no evaluation (nothing more to test)
+    config = tiny(
+        **{
+            "dataset.name": "folder",
+            "dataset.data_dir": two_classes,
+            "init_from": workdir,
+            "freeze_until": "spatial",
+            "max_steps": 1,
+        }
+    )  # one step, no evaluation (nothing more to test)
     calls = []
     load = train.load_pretrained
 
@@ -144,7 +178,7 @@ def test_fine_tune_to_two_classes_loads_matching_layers_a_new_classifier_and_fre
     with caplog.at_level(logging.INFO, logger="absl"):
         state = train.train_and_evaluate(config, str(tmp_path / "tuned"))
     assert "the run has 3 classes, this run 2: the classifier is freshly initialised" in caplog.text
-    (fresh, loaded, frozen, model), = calls
+    ((fresh, loaded, frozen, model),) = calls
     for module in trained.params:  # loaded where path and shape match: everything but the 3-class head
         if module == "fc":
             assert loaded["params"]["fc"]["kernel"].shape[-1] == 2
@@ -166,8 +200,10 @@ def test_fine_tune_to_two_classes_loads_matching_layers_a_new_classifier_and_fre
 
     # predict reads the fine-tuned run: its own class names (the folders), its checkpoint
     from semicnn_jax import inference
+
     model, variables, run = predict.load_run(str(tmp_path / "tuned"), "latest")
     assert run.class_names == ("a", "b b") and run.dataset == "folder"
-    result = predict.classify(inference.make_predict_fn(model), variables, run,
-                              os.path.join(two_classes, "val", "b b", "6.webm"))
+    result = predict.classify(
+        inference.make_predict_fn(model), variables, run, os.path.join(two_classes, "val", "b b", "6.webm")
+    )
     assert {name for name, _ in result.top5} == {"a", "b b"} and result.num_clips == 2

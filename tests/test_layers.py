@@ -42,12 +42,13 @@ def test_lowerings_equal_plain_3d_convolution(kernel_shape, strides, padding, in
     kx, kk = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, INPUTS[input_name])
     kernel = jax.random.normal(kk, kernel_shape + (x.shape[-1], 6))
-    plain = lax.conv_general_dilated(x, kernel, strides, padding,
-                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-                                     precision=lax.Precision.HIGHEST)
+    plain = lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=lax.Precision.HIGHEST
+    )
     for lowering in ("2d", "3d"):
-        lowered = jax.jit(lambda a, b: layers.conv3d(a, b, strides, padding, lowering,
-                                                     precision=lax.Precision.HIGHEST))(x, kernel)
+        lowered = jax.jit(
+            lambda a, b: layers.conv3d(a, b, strides, padding, lowering, precision=lax.Precision.HIGHEST)
+        )(x, kernel)
         assert lowered.shape == plain.shape
         np.testing.assert_allclose(lowered, plain, rtol=1e-5, atol=1e-5 * float(jnp.abs(plain).max()))
 
@@ -78,18 +79,29 @@ def test_conv_kernel_init_is_kaiming_fan_out():
     assert abs(float(jnp.std(kernel)) / expected_std - 1) < 0.05
 
 
-@pytest.mark.parametrize("window,strides,padding", [
-    ((1, 3, 3), (1, 2, 2), (0, 1, 1)), ((3, 1, 1), (2, 1, 1), (1, 0, 0)), ((2, 2, 2), (2, 2, 2), (0, 0, 0)),
-    ((2, 2, 2), (2, 2, 2), (0, 1, 1)), ((3, 3, 3), (2, 2, 2), (1, 1, 1))])
+@pytest.mark.parametrize(
+    "window,strides,padding",
+    [
+        ((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+        ((3, 1, 1), (2, 1, 1), (1, 0, 0)),
+        ((2, 2, 2), (2, 2, 2), (0, 0, 0)),
+        ((2, 2, 2), (2, 2, 2), (0, 1, 1)),
+        ((3, 3, 3), (2, 2, 2), (1, 1, 1)),
+    ],
+)
 def test_pools_match_torch(window, strides, padding):
     x = np.random.default_rng(1).normal(size=(2, 7, 9, 9, 3)).astype(np.float32)
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
     to_ndhwc = lambda t: t.permute(0, 2, 3, 4, 1).numpy()
-    np.testing.assert_allclose(layers.max_pool(x, window, strides, padding),
-                               to_ndhwc(F.max_pool3d(xt, window, strides, padding)), rtol=1e-6)
-    np.testing.assert_allclose(layers.avg_pool(x, window, strides, padding),
-                               to_ndhwc(F.avg_pool3d(xt, window, strides, padding, count_include_pad=True)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layers.max_pool(x, window, strides, padding), to_ndhwc(F.max_pool3d(xt, window, strides, padding)), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        layers.avg_pool(x, window, strides, padding),
+        to_ndhwc(F.avg_pool3d(xt, window, strides, padding, count_include_pad=True)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("size", [7, 14, 5, 9, 13])

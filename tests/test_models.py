@@ -9,11 +9,14 @@ from absl import app
 from semicnn_jax import inference, models, paper
 
 EXPECTED_NAMES = {
-    "vgg16_2d", "c3d", "semi_vgg16",
+    "vgg16_2d",
+    "c3d",
+    "semi_vgg16",
     *(f"resnet{d}_{k}" for d in (18, 34, 50, 101, 152) for k in ("2d", "3d")),
     *(f"semi_resnet{d}" for d in (18, 34, 50, 101, 152)),
     *(f"densenet{d}_{k}" for d in (121, 169) for k in ("2d", "3d")),
-    "semi_densenet121", "semi_densenet169",
+    "semi_densenet121",
+    "semi_densenet169",
 }
 
 
@@ -43,8 +46,10 @@ def test_table2_alternative_readings():
 
 # Table A1 (and architecture.md): stage output shapes at 16x224x224, as (T, H, W, C).
 TABLE_A1 = {
-    **{f"semi_resnet{d}": ((16, 14, 14, 128 * e), (8, 14, 14, 128 * e), (2, 4, 4, 512 * e))
-       for d, e in ((18, 1), (34, 1), (50, 4), (101, 4), (152, 4))},
+    **{
+        f"semi_resnet{d}": ((16, 14, 14, 128 * e), (8, 14, 14, 128 * e), (2, 4, 4, 512 * e))
+        for d, e in ((18, 1), (34, 1), (50, 4), (101, 4), (152, 4))
+    },
     "semi_vgg16": ((16, 14, 14, 512), (8, 14, 14, 512), (2, 3, 3, 512)),
     # DenseNet: 64 + 6*32 = 256 -> 128 + 6*32 = 320; + 6*32 = 512 -> 256; final channels per st_config.
     "semi_densenet121": ((16, 14, 14, 320), (8, 14, 14, 256), (2, 3, 3, 512 + 16 * 32)),
@@ -81,8 +86,14 @@ def numpy_init(abstract, seed=0):
 
 
 # Smallest (frames, size) each layout survives at, so forward tests stay cheap.
-SMALL_INPUT = {"c3d": (16, 32), "semi_vgg16": (8, 64), "densenet121_3d": (16, 32),
-               "densenet169_3d": (16, 32), "semi_densenet121": (8, 64), "semi_densenet169": (8, 64)}
+SMALL_INPUT = {
+    "c3d": (16, 32),
+    "semi_vgg16": (8, 64),
+    "densenet121_3d": (16, 32),
+    "densenet169_3d": (16, 32),
+    "semi_densenet121": (8, 64),
+    "semi_densenet169": (8, 64),
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMES))
@@ -94,21 +105,24 @@ def test_forward_train_and_eval_at_tiny_width(name):
     assert set(variables) == {"params", "batch_stats"} or name in ("vgg16_2d", "c3d", "semi_vgg16")
 
     def train_and_eval(variables, clip):
-        logits, updates = model.apply(variables, clip, train=True, mutable=["batch_stats"],
-                                      rngs={"dropout": jax.random.key(2)})
+        logits, updates = model.apply(
+            variables, clip, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
+        )
         return logits, updates, model.apply(variables, clip, train=False, return_features=True)
 
     if "densenet" in name:
         # Every dense layer has new shapes, so op-by-op execution compiles each op anew: one jit
         # without XLA's backend optimisations (most of the compile time) is cheaper.
-        train_and_eval = jax.jit(train_and_eval).lower(variables, clip).compile(
-            compiler_options={"xla_backend_optimization_level": 0})
+        train_and_eval = (
+            jax.jit(train_and_eval)
+            .lower(variables, clip)
+            .compile(compiler_options={"xla_backend_optimization_level": 0})
+        )
     # Other models run op by op: their repeated blocks reuse the compiled ops.
     logits, updates, (eval_logits, feats) = train_and_eval(variables, clip)
     assert logits.shape == (2, 7) and bool(jnp.isfinite(logits).all())
     if "batch_stats" in variables:  # train mode moves the running statistics
-        changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), variables["batch_stats"],
-                               updates["batch_stats"])
+        changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), variables["batch_stats"], updates["batch_stats"])
         assert all(jax.tree.leaves(changed))
     assert eval_logits.shape == (2, 7) and bool(jnp.isfinite(eval_logits).all())
     assert not np.allclose(logits, eval_logits)  # batch statistics vs running averages
@@ -135,13 +149,18 @@ def test_batchnorm_synchronises_over_axis_name():
     synced = models.create("resnet18_3d", num_classes=3, width=1 / 16, axis_name="batch")
     variables = numpy_init(models.abstract_variables(plain, clip.shape))
     whole_logits, whole = plain.apply(variables, clip, train=True, mutable=["batch_stats"])
-    step = jax.pmap(lambda v, x: synced.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch",
-                    in_axes=(None, 0))
+    step = jax.pmap(
+        lambda v, x: synced.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch", in_axes=(None, 0)
+    )
     shard_logits, shards = step(variables, clip.reshape(2, 2, *clip.shape[1:]))
-    np.testing.assert_allclose(shard_logits.reshape(4, 3), whole_logits, rtol=1e-3,
-                               atol=1e-3 * float(jnp.abs(whole_logits).max()))
-    jax.tree.map(lambda s, w: np.testing.assert_allclose(s[0], w, rtol=2e-4, atol=1e-5),
-                 shards["batch_stats"], whole["batch_stats"])
+    np.testing.assert_allclose(
+        shard_logits.reshape(4, 3), whole_logits, rtol=1e-3, atol=1e-3 * float(jnp.abs(whole_logits).max())
+    )
+    jax.tree.map(
+        lambda s, w: np.testing.assert_allclose(s[0], w, rtol=2e-4, atol=1e-5),
+        shards["batch_stats"],
+        whole["batch_stats"],
+    )
 
 
 def test_bfloat16_computation_keeps_float32_parameters():
@@ -165,8 +184,12 @@ def test_predict_fn_any_batch_size_and_dtype():
             assert probs.shape == (batch, 6) and probs.dtype == jnp.float32
             np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     logits = model.apply(variables, jnp.ones((2, 4, 32, 32, 3)))
-    np.testing.assert_allclose(inference.make_predict_fn(model)(variables, jnp.ones((2, 4, 32, 32, 3))),
-                               jax.nn.softmax(logits), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        inference.make_predict_fn(model)(variables, jnp.ones((2, 4, 32, 32, 3))),
+        jax.nn.softmax(logits),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_unknown_name_and_option_are_refused_with_the_valid_ones():

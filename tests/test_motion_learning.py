@@ -6,11 +6,11 @@ reaches 70%). The single-frame model is the very same model, recipe, seed and nu
 clips of ``num_frames=1``: the anchor frame, which by construction carries no class information.
 """
 
+import demo_run
 import pytest
 
 from semicnn_jax import train
 from semicnn_jax.data import synthetic_motion
-import demo_run
 
 CHANCE = 1.0 / synthetic_motion.NUM_CLASSES
 EVAL_SIZE = 512  # chance 0.125 +- 0.015 (one standard deviation)
@@ -30,4 +30,5 @@ def test_clip_model_learns_while_a_single_frame_model_stays_at_chance(tmp_path_f
     assert frame["step"] == clip["step"], (frame["step"], clip["step"])
     assert frame["eval/top1"] <= CHANCE + 0.06, (
         f"single-frame model: eval top-1 {frame['eval/top1']:.3f} after {frame['step']} steps "
-        f"(the clip model: {clip['eval/top1']:.3f})")
+        f"(the clip model: {clip['eval/top1']:.3f})"
+    )

@@ -92,9 +92,9 @@ def test_sgd_schedule_matches_torch(setting):
 
 def test_sgd_inject_hyperparams_lr_change_matches_torch():
     kwargs = dict(momentum=0.9, dampening=0.9, weight_decay=1e-4)
-    tx = optax.inject_hyperparams(
-        optim.sgd, static_args=("momentum", "dampening", "weight_decay")
-    )(learning_rate=0.1, **kwargs)
+    tx = optax.inject_hyperparams(optim.sgd, static_args=("momentum", "dampening", "weight_decay"))(
+        learning_rate=0.1, **kwargs
+    )
 
     def set_lr(state, lr):
         state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -154,9 +154,7 @@ def test_sgd_multisteps_equals_mean_grad(k):
                 jax.tree.map(np.testing.assert_array_equal, params_m, before)
         mean_g = jax.tree.map(lambda *xs: np.mean(xs, axis=0), *gs)
         params_s, state_s = single_step(mean_g, state_s, params_s)
-        jax.tree.map(
-            functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), params_m, params_s
-        )
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), params_m, params_s)
 
 
 def test_sgd_value_errors():
@@ -175,13 +173,17 @@ def test_sgd_value_errors():
             torch.optim.SGD(t_params, lr=0.1, nesterov=True, **bad)
         with pytest.raises(ValueError, match="Nesterov"):
             optim.sgd(0.1, nesterov=True, **bad)
-    for bad in [dict(learning_rate=-0.1), dict(learning_rate=0.1, momentum=-0.5),
-                dict(learning_rate=0.1, weight_decay=-1.0)]:
+    for bad in [
+        dict(learning_rate=-0.1),
+        dict(learning_rate=0.1, momentum=-0.5),
+        dict(learning_rate=0.1, weight_decay=-1.0),
+    ]:
         with pytest.raises(ValueError):
             optim.sgd(**bad)
 
 
 # ---------------------------------------------------------------- plateau
+
 
 def _sequences():
     rng = np.random.default_rng(1)
@@ -217,8 +219,11 @@ def test_plateau_matches_torch(config):
     cooldown = config.get("cooldown", 0)
     min_scale = config.get("min_scale", 0.0)
     tx = optim.plateau(
-        factor=factor, patience=config["patience"], threshold=threshold,
-        cooldown=cooldown, min_scale=min_scale,
+        factor=factor,
+        patience=config["patience"],
+        threshold=threshold,
+        cooldown=cooldown,
+        min_scale=min_scale,
     )
     step = jax.jit(functools.partial(optim.plateau_step, tx))
     n_cuts = []
@@ -228,8 +233,15 @@ def test_plateau_matches_torch(config):
         for eps in (0.0, 1e-8):  # 1e-8 is torch's default
             opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=factor, patience=config["patience"], threshold=threshold,
-                threshold_mode="rel", cooldown=cooldown, min_lr=base_lr * min_scale, eps=eps,
+                opt,
+                mode="min",
+                factor=factor,
+                patience=config["patience"],
+                threshold=threshold,
+                threshold_mode="rel",
+                cooldown=cooldown,
+                min_lr=base_lr * min_scale,
+                eps=eps,
             )
             torch_lrs[eps] = []
             for v in seq:

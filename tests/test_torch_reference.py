@@ -51,8 +51,9 @@ def _setup(name: str):
     clip = np.random.default_rng(1).normal(size=CLIP_SHAPE).astype(np.float32)
     model = models.create(name, num_classes=NUM_CLASSES, width=WIDTH, lowering="3d")
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(CLIP_SHAPE), train=False))
-    variables = _randomise(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-                           seed=MODELS.index(name))
+    variables = _randomise(
+        jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), seed=MODELS.index(name)
+    )
     net = torch_reference.create(name, num_classes=NUM_CLASSES, width=WIDTH).eval()
     torch_reference.load_flax_variables(net, variables)
     with torch.inference_mode():

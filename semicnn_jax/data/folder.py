@@ -30,8 +30,10 @@ def _class_videos(data_dir: str, subset: str, classes: list[str]) -> tuple[dict[
         ignored += len(others)
         if not videos:
             shown = f" (only {len(others)} other files, e.g. {others[0]!r})" if others else ""
-            raise ValueError(f"{os.path.join(data_dir, folder)}: class folder without videos{shown}; remove it or "
-                             f"add videos (extensions: {', '.join(sorted(index.VIDEO_EXTENSIONS))})")
+            raise ValueError(
+                f"{os.path.join(data_dir, folder)}: class folder without videos{shown}; remove it or "
+                f"add videos (extensions: {', '.join(sorted(index.VIDEO_EXTENSIONS))})"
+            )
         out[name] = videos
     return out, ignored
 
@@ -39,27 +41,35 @@ def _class_videos(data_dir: str, subset: str, classes: list[str]) -> tuple[dict[
 def read_index(ds: ml_collections.ConfigDict) -> index.VideoIndex:
     data_dir = ds.data_dir
     if not data_dir:
-        raise ValueError("dataset.data_dir is empty: set it to the folder holding <class>/ folders "
-                         "(or train/<class>/ and val/<class>/)")
+        raise ValueError(
+            "dataset.data_dir is empty: set it to the folder holding <class>/ folders "
+            "(or train/<class>/ and val/<class>/)"
+        )
     if not os.path.isdir(data_dir):
         raise ValueError(f"dataset.data_dir={data_dir!r}: no such folder")
     top = index.subfolders(data_dir)
     split = [s for s in ("train", "val") if s in top]
     if len(split) == 1:
-        raise ValueError(f"{data_dir} has {split[0]}/ but no {({'train', 'val'} - set(split)).pop()}/: give both "
-                         "(train/<class>/ and val/<class>/), or one <class>/ tree split by dataset.val_fraction")
+        raise ValueError(
+            f"{data_dir} has {split[0]}/ but no {({'train', 'val'} - set(split)).pop()}/: give both "
+            "(train/<class>/ and val/<class>/), or one <class>/ tree split by dataset.val_fraction"
+        )
     if split:
         names = index.subfolders(os.path.join(data_dir, "train"))
         val_names = index.subfolders(os.path.join(data_dir, "val"))
         stray = sorted(set(val_names) - set(names))
         if stray:
-            raise ValueError(f"{os.path.join(data_dir, 'val', stray[0])}: class folder not in "
-                             f"{os.path.join(data_dir, 'train')} ({len(stray)} such: {', '.join(stray[:5])})")
+            raise ValueError(
+                f"{os.path.join(data_dir, 'val', stray[0])}: class folder not in "
+                f"{os.path.join(data_dir, 'train')} ({len(stray)} such: {', '.join(stray[:5])})"
+            )
         train, ignored = _class_videos(data_dir, "train", names)
         val, more = _class_videos(data_dir, "val", val_names)
         ignored += more
-        sides = {"train": [(rel, names.index(c)) for c in names for rel in train[c]],
-                 "val": [(rel, names.index(c)) for c in val_names for rel in val[c]]}
+        sides = {
+            "train": [(rel, names.index(c)) for c in names for rel in train[c]],
+            "val": [(rel, names.index(c)) for c in val_names for rel in val[c]],
+        }
         name = f"folder {data_dir} (train/, val/)"
     else:
         fraction = float(ds.get("val_fraction", FIELDS["val_fraction"]))
@@ -68,19 +78,28 @@ def read_index(ds: ml_collections.ConfigDict) -> index.VideoIndex:
         names = top
         videos, ignored = _class_videos(data_dir, "", names)
         labelled = [(rel, i) for i, c in enumerate(names) for rel in videos[c]]
-        sides = {"train": [v for v in labelled if not index.in_val(v[0], fraction)],
-                 "val": [v for v in labelled if index.in_val(v[0], fraction)]}
+        sides = {
+            "train": [v for v in labelled if not index.in_val(v[0], fraction)],
+            "val": [v for v in labelled if index.in_val(v[0], fraction)],
+        }
         name = f"folder {data_dir} (val_fraction {fraction:g})"
     if not names:
-        raise ValueError(f"{data_dir}: no class folders; expected {data_dir}/<class>/<video> "
-                         "(or train/<class>/ and val/<class>/)")
+        raise ValueError(
+            f"{data_dir}: no class folders; expected {data_dir}/<class>/<video> (or train/<class>/ and val/<class>/)"
+        )
     loose = [f for f in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, f)) and index.is_video(f)]
     if loose or ignored:
-        logging.warning("%s: ignored %d videos outside class folders and %d files that are not videos", data_dir,
-                        len(loose), ignored)
+        logging.warning(
+            "%s: ignored %d videos outside class folders and %d files that are not videos",
+            data_dir,
+            len(loose),
+            ignored,
+        )
     for subset, videos in sides.items():
         if not videos:
-            raise ValueError(f"{data_dir}: no {'evaluation' if subset == 'val' else 'training'} videos "
-                             f"({sum(len(v) for v in sides.values())} videos in all)")
+            raise ValueError(
+                f"{data_dir}: no {'evaluation' if subset == 'val' else 'training'} videos "
+                f"({sum(len(v) for v in sides.values())} videos in all)"
+            )
     train, val = (tuple(index.Video(rel, label) for rel, label in sides[s]) for s in ("train", "val"))
     return index.VideoIndex(name, tuple(names), data_dir, train, val)

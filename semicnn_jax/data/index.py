@@ -19,10 +19,42 @@ import unicodedata
 from typing import Iterable, NamedTuple, Sequence
 
 # Containers PyAV (FFmpeg) reads that video datasets use, compared in lower case.
-VIDEO_EXTENSIONS = frozenset({
-    ".3g2", ".3gp", ".asf", ".avi", ".divx", ".dv", ".f4v", ".flv", ".h264", ".m2t", ".m2ts", ".m4v", ".mj2",
-    ".mjpeg", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts", ".mxf", ".nut", ".ogg", ".ogv", ".qt", ".rm",
-    ".rmvb", ".ts", ".vob", ".webm", ".wmv", ".y4m"})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".3g2",
+        ".3gp",
+        ".asf",
+        ".avi",
+        ".divx",
+        ".dv",
+        ".f4v",
+        ".flv",
+        ".h264",
+        ".m2t",
+        ".m2ts",
+        ".m4v",
+        ".mj2",
+        ".mjpeg",
+        ".mkv",
+        ".mov",
+        ".mp4",
+        ".mpeg",
+        ".mpg",
+        ".mts",
+        ".mxf",
+        ".nut",
+        ".ogg",
+        ".ogv",
+        ".qt",
+        ".rm",
+        ".rmvb",
+        ".ts",
+        ".vob",
+        ".webm",
+        ".wmv",
+        ".y4m",
+    }
+)
 PREPARED_INDEX = "index.json"  # written last by ``semicnn_jax.data.prepare``
 
 
@@ -134,7 +166,7 @@ def in_val(rel: str, fraction: float) -> bool:
     """Whether a video goes to the evaluation side: a hash of its relative path (Unicode-normalised)
     below ``fraction``, so a video keeps its side whatever files are added or removed."""
     digest = hashlib.sha1(unicodedata.normalize("NFC", rel).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") < fraction * 2 ** 64
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
 def check_duplicates(videos: Iterable[Video]) -> None:
@@ -143,8 +175,10 @@ def check_duplicates(videos: Iterable[Video]) -> None:
     for v in videos:
         key = _key(v.rel)
         if key in first:
-            raise ValueError(f"{v.where or v.rel}: {v.rel!r} is listed twice (also at {first[key].where or first[key].rel}); "
-                             "each video must appear once, in one split")
+            raise ValueError(
+                f"{v.where or v.rel}: {v.rel!r} is listed twice (also at {first[key].where or first[key].rel}); "
+                "each video must appear once, in one split"
+            )
         first[key] = v
 
 
@@ -174,8 +208,10 @@ def read_csv(path: str, what: str, columns: Sequence[str]) -> list[tuple[str, di
             header = [h.strip().lower() for h in next(reader, [])]
             absent = [c for c in columns if c not in header]
             if absent:
-                raise ValueError(f"{path}:1: the CSV header must name the columns {', '.join(columns)}; it lacks "
-                                 f"{', '.join(absent)} (header: {','.join(header)!r})")
+                raise ValueError(
+                    f"{path}:1: the CSV header must name the columns {', '.join(columns)}; it lacks "
+                    f"{', '.join(absent)} (header: {','.join(header)!r})"
+                )
             rows = []
             for cells in reader:
                 if not any(c.strip() for c in cells):
@@ -218,7 +254,9 @@ def read_prepared_index(prepared_dir: str) -> dict:
     """``{relative path: {"frames": n} or {"error": reason}}`` of a finished prepared copy."""
     path = os.path.join(prepared_dir, PREPARED_INDEX)
     if not os.path.isfile(path):
-        raise ValueError(f"{path} not found: dataset.prepared_dir={prepared_dir!r} is not a finished prepared copy; "
-                         "run python -m semicnn_jax.data.prepare --data_dir=<dataset> --out=<prepared_dir>")
+        raise ValueError(
+            f"{path} not found: dataset.prepared_dir={prepared_dir!r} is not a finished prepared copy; "
+            "run python -m semicnn_jax.data.prepare --data_dir=<dataset> --out=<prepared_dir>"
+        )
     with open(path) as f:
         return json.load(f)["videos"]

@@ -43,8 +43,10 @@ def _subset_folder(data_dir: str, names: tuple[str, ...]) -> str:
     for name in names:
         if os.path.isdir(os.path.join(data_dir, name)):
             return name
-    raise ValueError(f"{os.path.join(data_dir, names[0])}: the clip folder is missing (dataset.data_dir must hold "
-                     f"{ANNOTATIONS}/train.csv, {ANNOTATIONS}/validate.csv, train/<label>/ and val/<label>/)")
+    raise ValueError(
+        f"{os.path.join(data_dir, names[0])}: the clip folder is missing (dataset.data_dir must hold "
+        f"{ANNOTATIONS}/train.csv, {ANNOTATIONS}/validate.csv, train/<label>/ and val/<label>/)"
+    )
 
 
 def _clips(files: index.Files, folder: str) -> dict[str, dict[str, str]]:
@@ -62,8 +64,10 @@ def _clips(files: index.Files, folder: str) -> dict[str, dict[str, str]]:
 def read_index(ds: ml_collections.ConfigDict) -> index.VideoIndex:
     if not ds.data_dir:
         raise ValueError("dataset.data_dir is empty: set it to the folder holding annotations/, train/ and val/")
-    rows = {s: index.read_csv(os.path.join(ds.data_dir, ANNOTATIONS, csv_name), f"the Kinetics {s} annotations", COLUMNS)
-            for s, (csv_name, _) in SUBSETS.items()}
+    rows = {
+        s: index.read_csv(os.path.join(ds.data_dir, ANNOTATIONS, csv_name), f"the Kinetics {s} annotations", COLUMNS)
+        for s, (csv_name, _) in SUBSETS.items()
+    }
     names = tuple(sorted({row["label"] for _, row in rows["train"]}))
     if not names:
         raise ValueError(f"{os.path.join(ds.data_dir, ANNOTATIONS, 'train.csv')}: no clips listed")
@@ -79,8 +83,9 @@ def read_index(ds: ml_collections.ConfigDict) -> index.VideoIndex:
                 raise ValueError(f"{where}: unknown label {row['label']!r} (not a label of train.csv)")
             stem = clip_name(row["youtube_id"], row["time_start"], row["time_end"], where)
             rel = clips.get(folder_key(row["label"]), {}).get(stem)
-            out.append(index.Video(rel or f"{folder}/{row['label']}/{stem}.mp4", labels[row["label"]], rel is not None,
-                                   where))
+            out.append(
+                index.Video(rel or f"{folder}/{row['label']}/{stem}.mp4", labels[row["label"]], rel is not None, where)
+            )
         videos[subset] = tuple(out)
     index.check_duplicates(videos["train"] + videos["val"])
     return index.VideoIndex("kinetics", names, ds.data_dir, videos["train"], videos["val"], drop_missing=True)

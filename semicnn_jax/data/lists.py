@@ -27,8 +27,10 @@ CSV_COLUMNS = ("path", "label")
 
 def _path(data_dir: str, path: str, key: str) -> str:
     if not path:
-        raise ValueError(f"dataset.{key} is empty: set it to a list file ('relative/path LABEL' lines, or a CSV "
-                         "with a path,label header)")
+        raise ValueError(
+            f"dataset.{key} is empty: set it to a list file ('relative/path LABEL' lines, or a CSV "
+            "with a path,label header)"
+        )
     if os.path.isfile(path) or os.path.isabs(path) or not os.path.isfile(os.path.join(data_dir, path)):
         return path
     return os.path.join(data_dir, path)
@@ -59,7 +61,9 @@ def read_entries(path: str, what: str) -> list[tuple[str, str, str]]:
             raise ValueError(f"{where}: no label (expected 'relative/path LABEL'), got {text!r}")
         rel, label = parts
         if index.is_video(label) and not index.is_video(rel):
-            raise ValueError(f"{where}: no label (expected 'relative/path LABEL'; {label!r} is a file name), got {text!r}")
+            raise ValueError(
+                f"{where}: no label (expected 'relative/path LABEL'; {label!r} is a file name), got {text!r}"
+            )
         out.append((where, index.check_relative(rel, where), label))
     return out
 
@@ -68,8 +72,9 @@ def _is_int(text: str) -> bool:
     return text.isdigit() or (text.startswith("-") and text[1:].isdigit())
 
 
-def labeller(class_names: tuple[str, ...] | None, train: list[tuple[str, str, str]],
-             val: list[tuple[str, str, str]]) -> tuple[tuple[str, ...], dict[str, int]]:
+def labeller(
+    class_names: tuple[str, ...] | None, train: list[tuple[str, str, str]], val: list[tuple[str, str, str]]
+) -> tuple[tuple[str, ...], dict[str, int]]:
     """The class names and a label text -> index map (see the module doc)."""
     labels = [label for _, _, label in train + val]
     if class_names is None:
@@ -79,8 +84,10 @@ def labeller(class_names: tuple[str, ...] | None, train: list[tuple[str, str, st
             return class_names, {str(i): i for i in range(count)}
         index = next(((where, label) for where, _, label in train + val if _is_int(label)), None)
         if index is not None:
-            raise ValueError(f"{index[0]}: label {index[1]!r} is an index while other labels are class names; "
-                             "give dataset.class_names (a file of the class names, one a line, in index order)")
+            raise ValueError(
+                f"{index[0]}: label {index[1]!r} is an index while other labels are class names; "
+                "give dataset.class_names (a file of the class names, one a line, in index order)"
+            )
         class_names = tuple(sorted({label for _, _, label in train}))
         return class_names, {name: i for i, name in enumerate(class_names)}
     by_name = {name: i for i, name in enumerate(class_names)}
@@ -123,8 +130,10 @@ def read_index(ds: ml_collections.ConfigDict) -> index.VideoIndex:
                     known = f"the names in {class_file} or 0 .. {len(names) - 1}"
                 else:
                     known = "the training list's labels"
-                raise ValueError(f"{where}: unknown label {label!r} (known: {known}; "
-                                 f"{len(names)} classes, e.g. {', '.join(names[:3])})")
+                raise ValueError(
+                    f"{where}: unknown label {label!r} (known: {known}; "
+                    f"{len(names)} classes, e.g. {', '.join(names[:3])})"
+                )
             labelled.append((where, rel, label_of[label]))
         videos[key] = index.find_listed(files, labelled)
     index.check_duplicates(videos["train_list"] + videos["val_list"])

@@ -61,7 +61,7 @@ def encode(frames: np.ndarray, path: str, fps, keyframe_every: int = 16, quantiz
         stream.codec_context.gop_size = keyframe_every
         stream.codec_context.thread_count = 1
         for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:stream.height, :stream.width]), "rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]), "rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     os.replace(tmp, path)
@@ -89,8 +89,15 @@ def dataset_config(name: str, data_dir: str, **fields) -> ml_collections.ConfigD
     return ml_collections.ConfigDict(dict(pipeline.config_fields(name), data_dir=data_dir, **fields))
 
 
-def prepare(data_dir: str, out: str, workers: int = 0, keyframe_every: int = 16, quantizer: int = 2,
-            dataset: str = "ucf101", **fields) -> dict:
+def prepare(
+    data_dir: str,
+    out: str,
+    workers: int = 0,
+    keyframe_every: int = 16,
+    quantizer: int = 2,
+    dataset: str = "ucf101",
+    **fields,
+) -> dict:
     """Prepares every video of dataset ``dataset`` (``fields``: its other ``config.dataset`` fields, e.g.
     ``train_list``); returns the index it writes to ``out/index.json``."""
     entry = pipeline.entry(dataset)
@@ -108,8 +115,16 @@ def prepare(data_dir: str, out: str, workers: int = 0, keyframe_every: int = 16,
     start, videos = time.time(), {}
     pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else _Inline()
     with pool:
-        jobs = {pool.submit(prepare_one, os.path.join(root, rel), os.path.join(copies, index.prepared_name(rel)),
-                            keyframe_every, quantizer): rel for rel in files}
+        jobs = {
+            pool.submit(
+                prepare_one,
+                os.path.join(root, rel),
+                os.path.join(copies, index.prepared_name(rel)),
+                keyframe_every,
+                quantizer,
+            ): rel
+            for rel in files
+        }
         for n, job in enumerate(concurrent.futures.as_completed(jobs), 1):
             rel = jobs[job]
             videos[rel] = job.result()
@@ -117,14 +132,25 @@ def prepare(data_dir: str, out: str, workers: int = 0, keyframe_every: int = 16,
                 logging.warning("unreadable video %s: %s", os.path.join(root, rel), videos[rel]["error"])
             if n % 500 == 0 or n == len(files):
                 logging.info("%d/%d videos, %.0f s", n, len(files), time.time() - start)
-    index_data = {"format": f"mpeg4 avi, keyframe every {keyframe_every} frames, quantiser {quantizer}",
-                  "keyframe_every": keyframe_every, "dataset": dataset, "videos": dict(sorted(videos.items()))}
+    index_data = {
+        "format": f"mpeg4 avi, keyframe every {keyframe_every} frames, quantiser {quantizer}",
+        "keyframe_every": keyframe_every,
+        "dataset": dataset,
+        "videos": dict(sorted(videos.items())),
+    }
     with open(index_path + ".tmp", "w") as f:
         json.dump(index_data, f, indent=1)
     os.replace(index_path + ".tmp", index_path)
-    size = sum(os.path.getsize(os.path.join(copies, index.prepared_name(r))) for r, v in videos.items() if "frames" in v)
-    logging.info("done: %d videos (%d unreadable), %.2f GiB, %.0f s", len(videos),
-                 sum("error" in v for v in videos.values()), size / 2**30, time.time() - start)
+    size = sum(
+        os.path.getsize(os.path.join(copies, index.prepared_name(r))) for r, v in videos.items() if "frames" in v
+    )
+    logging.info(
+        "done: %d videos (%d unreadable), %.2f GiB, %.0f s",
+        len(videos),
+        sum("error" in v for v in videos.values()),
+        size / 2**30,
+        time.time() - start,
+    )
     return index_data
 
 

@@ -29,13 +29,15 @@ FIELDS = {"data_dir": "", "workers": -1, "shuffle_buffer": 256}  # the dataset.*
 
 def _tf():
     import tensorflow as tf
+
     tf.config.set_visible_devices([], "GPU")  # tf.data only: the accelerators belong to JAX
     return tf
 
 
 def _builder(config: ml_collections.ConfigDict):
     import tensorflow_datasets as tfds
-    name = config.dataset.name[len(PREFIX):]
+
+    name = config.dataset.name[len(PREFIX) :]
     try:
         return tfds.builder(name, data_dir=config.dataset.data_dir or None)
     except Exception as e:  # an unknown name or config
@@ -45,10 +47,12 @@ def _builder(config: ml_collections.ConfigDict):
 def validate(config: ml_collections.ConfigDict) -> None:
     builder = _builder(config)
     if not builder.is_prepared():
-        name = config.dataset.name[len(PREFIX):]
-        raise ValueError(f"dataset.name={config.dataset.name!r}: the TFDS dataset is not prepared under "
-                         f"{builder.data_path} (dataset.data_dir={config.dataset.data_dir!r}); it is never downloaded "
-                         f"at run time. Prepare it once with: tfds build {name} --data_dir={config.dataset.data_dir or '<dir>'}")
+        name = config.dataset.name[len(PREFIX) :]
+        raise ValueError(
+            f"dataset.name={config.dataset.name!r}: the TFDS dataset is not prepared under "
+            f"{builder.data_path} (dataset.data_dir={config.dataset.data_dir!r}); it is never downloaded "
+            f"at run time. Prepare it once with: tfds build {name} --data_dir={config.dataset.data_dir or '<dir>'}"
+        )
     for split in ("train", "test"):
         if split not in builder.info.splits:
             raise ValueError(f"{builder.data_path}: the TFDS dataset has no {split!r} split")
@@ -66,6 +70,7 @@ class TFDSVideos:
 
     def __init__(self, config: ml_collections.ConfigDict):
         import tensorflow_datasets as tfds
+
         self._tfds, self.tf = tfds, _tf()
         self.builder = _builder(config)
         self.name = config.dataset.name
@@ -79,9 +84,12 @@ class TFDSVideos:
         self._clips = None
 
     def _records(self, split: str):
-        return self.builder.as_dataset(split=split, shuffle_files=False,
-                                       decoders={"video": self._tfds.decode.SkipDecoding()},
-                                       read_config=self._tfds.ReadConfig(add_tfds_id=False))
+        return self.builder.as_dataset(
+            split=split,
+            shuffle_files=False,
+            decoders={"video": self._tfds.decode.SkipDecoding()},
+            read_config=self._tfds.ReadConfig(add_tfds_id=False),
+        )
 
     def _count(self, split: str) -> int:
         n = self.builder.info.splits[split].num_examples if split in self.builder.info.splits else 0
@@ -114,9 +122,12 @@ class TFDSVideos:
 
         def example(pos, indexed):
             index, record = indexed
-            out = tf.numpy_function(lambda v, l, i: self._train_example(v, l, i, epoch),
-                                    [record["video"], record["label"], index],
-                                    [tf.uint8, tf.int64, tf.bool, tf.string], stateful=False)
+            out = tf.numpy_function(
+                lambda video, label, i: self._train_example(video, label, i, epoch),
+                [record["video"], record["label"], index],
+                [tf.uint8, tf.int64, tf.bool, tf.string],
+                stateful=False,
+            )
             return dict(zip(("video", "label", "mask", "error"), out))
 
         ds = ds.map(example, num_parallel_calls=self.parallel, deterministic=True)
@@ -125,8 +136,11 @@ class TFDSVideos:
     def _batches(self, ds) -> Iterator[dict]:
         for batch in ds.as_numpy_iterator():
             self._record(batch.pop("error"))
-            yield {"video": batch["video"].reshape((-1,) + self._zeros().shape),
-                   "label": batch["label"].astype(np.int32), "mask": batch["mask"].astype(bool)}
+            yield {
+                "video": batch["video"].reshape((-1,) + self._zeros().shape),
+                "label": batch["label"].astype(np.int32),
+                "mask": batch["mask"].astype(bool),
+            }
 
     def _record(self, errors) -> None:
         """Errors of a batch (``b"name: reason"``, ``b""`` for none) into the skipped-file recorder."""
@@ -138,8 +152,9 @@ class TFDSVideos:
         """``(video index, clip index)`` of every evaluation clip (frame counts read once, frames not decoded)."""
         if self._clips is None:
             started = time.time()
-            lengths = [int(n) for n in self._records("test").map(lambda r: self.tf.shape(r["video"])[0])
-                       .as_numpy_iterator()]
+            lengths = [
+                int(n) for n in self._records("test").map(lambda r: self.tf.shape(r["video"])[0]).as_numpy_iterator()
+            ]
             self._clips = source.eval_clips(lengths, self.num_frames, started)
         return self._clips
 
@@ -148,7 +163,9 @@ class TFDSVideos:
             return video.eval_clips(_decode(encoded, np.arange(len(encoded))), self.num_frames, self.crop_size), b""
         except Exception as e:
             k = video.num_eval_clips(len(encoded), self.num_frames)
-            return np.zeros((k,) + self._zeros().shape, np.uint8), f"{self.name}/test[{int(index)}]: {type(e).__name__}: {e}".encode()
+            return np.zeros(
+                (k,) + self._zeros().shape, np.uint8
+            ), f"{self.name}/test[{int(index)}]: {type(e).__name__}: {e}".encode()
 
     def eval_batches(self, global_batch: int) -> Iterator[dict]:
         tf = self.tf
@@ -168,9 +185,12 @@ class TFDSVideos:
         videos = iter(ds.as_numpy_iterator())
         loaded: dict[int, tuple] = {}
         for idx, mask in layout:
-            batch = {"video": np.zeros((len(idx),) + self._zeros().shape, np.uint8),
-                     "label": np.zeros(len(idx), np.int32), "mask": np.zeros(len(idx), bool),
-                     "video_index": np.zeros(len(idx), np.int32)}
+            batch = {
+                "video": np.zeros((len(idx),) + self._zeros().shape, np.uint8),
+                "label": np.zeros(len(idx), np.int32),
+                "mask": np.zeros(len(idx), bool),
+                "video_index": np.zeros(len(idx), np.int32),
+            }
             wanted = {clips[i][0] for i in idx[mask]}
             for v in sorted(set(loaded) - wanted):
                 del loaded[v]  # clips come in video order: earlier videos are done
