@@ -10,6 +10,8 @@ The model, its options, the clip size and the class names come from the run's ``
 weights from one of its checkpoints (``best``: highest eval top-1 among the checkpoints present;
 ``latest``; or a step number). A video that cannot be read is named on stderr, the others are still
 answered, and the exit status is 1. A missing run or checkpoint: a message naming it, exit status 1.
+Probabilities that are not finite (weights damaged beyond what the checkpoint checks catch) are refused,
+never printed.
 
 Library use (one place for what ``plots features`` needs too)::
 
@@ -21,8 +23,6 @@ Library use (one place for what ``plots features`` needs too)::
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import json
 import os
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
+from absl import app, flags, logging
 
 from semicnn_jax import inference, models
 from semicnn_jax.data import video
@@ -92,32 +92,15 @@ class Prediction:
 # ---------------------------------------------------------------------------- the run
 
 
-def parse_model_options(options: dict) -> dict:
-    """``run.json``'s model options as ``models.create`` takes them.
-
-    Current records store JSON values (``{"width": 0.125, "dtype": "float32"}``); older ones stored
-    every value as a string (``{"width": "0.125", "head": "single"}``): Python literals are turned
-    back into numbers, booleans and None, anything else (dtypes, choices) stays a string.
-    """
-    parsed = {}
-    for key, value in options.items():
-        if isinstance(value, str):
-            try:
-                literal = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                literal = value
-            value = literal if literal is None or isinstance(literal, (bool, int, float)) else value
-        parsed[key] = value
-    return parsed
-
-
 def read_run_record(workdir: str) -> dict:
     path = os.path.join(workdir, "run.json")
     if not os.path.isdir(workdir):
         raise RunError(f"{workdir}: no such run directory")
     if not os.path.isfile(path):
-        raise RunError(f"{path}: no such file; is {workdir} a training workdir "
-                       "(python -m semicnn_jax.main --workdir=... writes it)?")
+        raise RunError(
+            f"{path}: no such file; is {workdir} a training workdir "
+            "(python -m semicnn_jax.main --workdir=... writes it)?"
+        )
     try:
         with open(path) as f:
             record = json.load(f)
@@ -148,13 +131,16 @@ def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise RunError(f"{directory}: no such directory; the run has no checkpoints")
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                 item_handlers=ocp.PyTreeCheckpointHandler())
+    return ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True), item_handlers=ocp.PyTreeCheckpointHandler()
+    )
 
 
 def _shapes(tree) -> dict[str, tuple]:
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def shape_mismatches(model_variables, stored) -> list[str]:
@@ -162,8 +148,11 @@ def shape_mismatches(model_variables, stored) -> list[str]:
     checkpoint's tree (``'missing'`` where one side lacks it)."""
     want = _shapes(model_variables)
     have = _shapes({k: stored.get(k, {}) for k in model_variables}) if stored is not None else {}
-    return [f"{key}: checkpoint {have.get(key, 'missing')}, model {want.get(key, 'missing')}"
-            for key in sorted(set(want) | set(have)) if want.get(key) != have.get(key)]
+    return [
+        f"{key}: checkpoint {have.get(key, 'missing')}, model {want.get(key, 'missing')}"
+        for key in sorted(set(want) | set(have))
+        if want.get(key) != have.get(key)
+    ]
 
 
 def select_step(steps: Sequence[int], checkpoint: str | int, metrics: dict[int, dict], where: str) -> int:
@@ -188,8 +177,7 @@ def select_step(steps: Sequence[int], checkpoint: str | int, metrics: dict[int, 
     except ValueError:
         raise RunError(f"--checkpoint={checkpoint!r}: expected best, latest or a step number") from None
     if step not in steps:
-        raise RunError(f"{where}: no checkpoint at step {step} (steps present: "
-                       f"{', '.join(map(str, steps))})")
+        raise RunError(f"{where}: no checkpoint at step {step} (steps present: {', '.join(map(str, steps))})")
     return step
 
 
@@ -200,7 +188,7 @@ def load_run(workdir: str, checkpoint: str | int = "best") -> tuple[Any, dict, R
     Raises RunError naming the workdir, file or checkpoint at fault.
     """
     record = read_run_record(workdir)
-    options = parse_model_options(record.get("model_options", {}))
+    options = dict(record.get("model_options", {}))
     class_names = tuple(record["class_names"])
     try:
         model = models.create(record["model"], num_classes=len(class_names), **options)
@@ -212,8 +200,11 @@ def load_run(workdir: str, checkpoint: str | int = "best") -> tuple[Any, dict, R
     # Restore only what inference needs, onto this host's device (the run may have trained on others).
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = models.abstract_variables(model, (1, num_frames, crop_size, crop_size, 3))
-    target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {}),
-              "epoch": jax.ShapeDtypeStruct((), jnp.int32)}
+    target = {
+        "params": abstract["params"],
+        "batch_stats": abstract.get("batch_stats", {}),
+        "epoch": jax.ShapeDtypeStruct((), jnp.int32),
+    }
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), target)
     manager = _checkpoint_manager(workdir)
     try:
@@ -222,21 +213,36 @@ def load_run(workdir: str, checkpoint: str | int = "best") -> tuple[Any, dict, R
         stored = getattr(manager.item_metadata(step), "tree", None)
         mismatches = shape_mismatches({k: target[k] for k in ("params", "batch_stats")}, stored)
         if mismatches:
-            raise RunError(f"{where}: cannot restore {record['model']} ({options}) of run.json from it: "
-                           f"{len(mismatches)} arrays differ, e.g. {mismatches[0]}")
+            raise RunError(
+                f"{where}: cannot restore {record['model']} ({options}) of run.json from it: "
+                f"{len(mismatches)} arrays differ, e.g. {mismatches[0]}"
+            )
         try:
-            restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True))
+            restored = manager.restore(
+                step,
+                args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+                ),
+            )
         except (ValueError, KeyError, FileNotFoundError) as e:
-            raise RunError(f"{where}: cannot restore {record['model']} ({options}) from it: "
-                           f"{str(e).splitlines()[0]}") from None
+            raise RunError(
+                f"{where}: cannot restore {record['model']} ({options}) from it: {str(e).splitlines()[0]}"
+            ) from None
     finally:
         manager.close()
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-    run = RunInfo(workdir=workdir, model=record["model"], model_options=options, class_names=class_names,
-                  num_frames=num_frames, crop_size=crop_size, dataset=record.get("dataset", ""),
-                  step=step, epoch=int(restored["epoch"]), metrics=metrics.get(step, {}))
+    run = RunInfo(
+        workdir=workdir,
+        model=record["model"],
+        model_options=options,
+        class_names=class_names,
+        num_frames=num_frames,
+        crop_size=crop_size,
+        dataset=record.get("dataset", ""),
+        step=step,
+        epoch=int(restored["epoch"]),
+        metrics=metrics.get(step, {}),
+    )
     return model, variables, run
 
 
@@ -249,7 +255,7 @@ def clip_batches(clips: np.ndarray, batch_size: int):
     real clips it holds."""
     batch_size = min(batch_size, 1 << (len(clips) - 1).bit_length())
     for start in range(0, len(clips), batch_size):
-        chunk = clips[start:start + batch_size]
+        chunk = clips[start : start + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
@@ -267,15 +273,17 @@ def classify_clips(predict_fn: Callable, variables, clips: np.ndarray, batch_siz
     return (total / count).astype(np.float32)
 
 
-def predict_clips(predict_fn: Callable, variables, run: RunInfo, clips: np.ndarray, name: str = "",
-                  batch_size: int = 8) -> Prediction:
+def predict_clips(
+    predict_fn: Callable, variables, run: RunInfo, clips: np.ndarray, name: str = "", batch_size: int = 8
+) -> Prediction:
     """The prediction for a video's evaluation clips ``uint8 [K, T, S, S, 3]``."""
     probs = classify_clips(predict_fn, variables, clips, batch_size)
     return Prediction(video=name, probabilities=probs, num_clips=len(clips), class_names=run.class_names)
 
 
-def classify_frames(predict_fn: Callable, variables, run: RunInfo, frames: np.ndarray, name: str = "",
-                    batch_size: int = 8) -> Prediction:
+def classify_frames(
+    predict_fn: Callable, variables, run: RunInfo, frames: np.ndarray, name: str = "", batch_size: int = 8
+) -> Prediction:
     """The prediction for decoded frames ``uint8 [T, H, W, 3]`` (any T >= 1, any size)."""
     clips = video.eval_clips(frames, run.num_frames, run.crop_size)
     return predict_clips(predict_fn, variables, run, clips, name, batch_size)
@@ -299,47 +307,58 @@ def format_text(prediction: Prediction) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m semicnn_jax.predict",
-        description="Top-5 classes of each video (softmax averaged over its clips, as in evaluation) "
-                    "from a training run's checkpoint.")
-    parser.add_argument("--workdir", required=True, help="the training run's directory (run.json, checkpoints/)")
-    parser.add_argument("--checkpoint", default="best",
-                        help="best (highest eval top-1, the default), latest, or a step number")
-    parser.add_argument("--json", action="store_true",
-                        help='print [{"video": path, "top5": [{"label": name, "prob": p}, ...]}, ...]')
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything FFmpeg decodes)")
-    return parser.parse_intermixed_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
+    """The command's flags (defined only when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("workdir", None, "The training run's directory (run.json, checkpoints/).", flag_values=values)
+    flags.DEFINE_string(
+        "checkpoint", "best", "best (highest eval top-1, the default), latest, or a step number.", flag_values=values
+    )
+    flags.DEFINE_bool(
+        "json", False, 'Print [{"video": path, "top5": [{"label": name, "prob": p}, ...]}, ...].', flag_values=values
+    )
+    flags.mark_flag_as_required("workdir", flag_values=values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
+    """Classifies the videos named after the flags; 1 if the run or any video could not be used."""
+    videos = list(argv[1:])
+    if not videos:
+        raise app.UsageError("name at least one video: python -m semicnn_jax.predict --workdir=RUN VIDEO...")
     logging.set_verbosity(logging.ERROR)  # orbax's notes on opening checkpoints read-only
     try:
-        model, variables, run = load_run(args.workdir, args.checkpoint)
+        model, variables, run = load_run(values.workdir, values.checkpoint)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(run.describe(), file=sys.stderr)
     predict_fn = inference.make_predict_fn(model)
     results, failed = [], 0
-    for path in args.videos:
+    for path in videos:
         try:
+            if os.path.isdir(path):
+                raise video.VideoError(path, "is a directory; name the video files in it")
             prediction = classify(predict_fn, variables, run, path)
+            if not np.all(np.isfinite(prediction.probabilities)):
+                print(
+                    f"error: {path}: the model's probabilities are not finite; the checkpoint's weights "
+                    f"are damaged (try --checkpoint=latest or an earlier step)",
+                    file=sys.stderr,
+                )
+                return 1
         except video.VideoError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
         results.append(prediction)
-        if not args.json:
+        if not values.json:
             print(format_text(prediction), flush=True)
-    if args.json:
-        print(json.dumps([r.to_json() for r in results], indent=2))
+    if values.json:
+        print(json.dumps([r.to_json() for r in results], indent=2, allow_nan=False))
     if failed:
-        print(f"error: {failed} of {len(args.videos)} videos could not be read", file=sys.stderr)
+        print(f"error: {failed} of {len(videos)} videos could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

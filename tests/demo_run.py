@@ -21,6 +21,7 @@ from experiments import demo
 from semicnn_jax import train
 from semicnn_jax.data import synthetic_motion
 
+
 def shared_dir(tmp_path_factory, name: str, build: Callable[[str], object]) -> str:
     """``build(path)`` once per test session, even across pytest-xdist workers: a worker that needs
     ``name`` while another builds it waits for it (an exclusive lock), then reuses it.
@@ -92,8 +93,11 @@ DEMO_RUN_TARGET = 0.7
 def trained_demo(tmp_path_factory) -> tuple[str, object]:
     """(workdir, config) of the tiny demo run trained until its eval top-1 reaches ``DEMO_RUN_TARGET``,
     built once per test session and shared by the test modules that need a model that has learnt."""
-    workdir = shared_dir(tmp_path_factory, "trained_demo_run", lambda path: train_tiny_demo(
-        path, target_top1=DEMO_RUN_TARGET, max_epochs=8, **DEMO_RUN_OVERRIDES))
+    workdir = shared_dir(
+        tmp_path_factory,
+        "trained_demo_run",
+        lambda path: train_tiny_demo(path, target_top1=DEMO_RUN_TARGET, max_epochs=8, **DEMO_RUN_OVERRIDES),
+    )
     top1 = last_metrics(workdir)["eval/top1"]
     assert top1 >= DEMO_RUN_TARGET, f"the tiny demo run did not learn (eval top-1 {top1:.2f}); retune it"
     return workdir, tiny_demo_config(**DEMO_RUN_OVERRIDES)
@@ -123,11 +127,19 @@ def tiny_run(workdir: str, **overrides):
     return config
 
 
+def shared_tiny_run(tmp_path_factory) -> tuple[str, object]:
+    """(workdir, config) of one ``tiny_run`` per test session, shared by the modules that need the files
+    of a finished run (two checkpoints, metrics, events) but not a model that has learnt. Read-only:
+    a test that changes a run copies it first."""
+    return shared_dir(tmp_path_factory, "tiny_run", tiny_run), tiny_run_config()
+
+
 def held_out_clips(config, count: int, num_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``count`` synthetic-motion clips none of the run has seen, as uint8 frames (what a video file
     holds): ``(uint8 [count, T, size, size, 3], labels)``, labels cycling over the classes."""
-    clips, labels = synthetic_motion.batch_for_indices(TEST_SEED, np.arange(count),
-                                                       num_frames or config.num_frames, config.crop_size)
+    clips, labels = synthetic_motion.batch_for_indices(
+        TEST_SEED, np.arange(count), num_frames or config.num_frames, config.crop_size
+    )
     return np.round(np.asarray(clips) * 255).astype(np.uint8), np.asarray(labels)
 
 

@@ -6,12 +6,12 @@ import shutil
 import subprocess
 import sys
 
+import demo_run
 import matplotlib.image
 import numpy as np
 import pytest
-
-import demo_run
 from commands import run_command
+
 from semicnn_jax import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,9 +20,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A tiny run (2 epochs) and a copy of it recorded as another model: {workdir: config}."""
+    tiny_run, config = demo_run.shared_tiny_run(tmp_path_factory)
+
     def build(root):
         first, twin = os.path.join(root, "semi"), os.path.join(root, "twin")
-        demo_run.tiny_run(first)
+        shutil.copytree(tiny_run, first)
         shutil.copytree(first, twin)
         with open(os.path.join(twin, "run.json")) as f:
             record = json.load(f)
@@ -30,14 +32,19 @@ def runs(tmp_path_factory):
             json.dump(dict(record, model="resnet18_3d"), f)
 
     root = demo_run.shared_dir(tmp_path_factory, "plots_runs", build)
-    config = demo_run.tiny_run_config()
     return {os.path.join(root, "semi"): config, os.path.join(root, "twin"): config}
 
 
 def cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "semicnn_jax.plots", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "semicnn_jax.plots", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def assert_png(path, min_width, min_height):
@@ -58,10 +65,17 @@ def test_epoch_curves_from_the_metrics_file_match_the_tensorboard_events(runs, t
     eval_steps = [e.step for e in events.Tensors("eval/loss")]
     assert len(eval_steps) == 2
     curves = plots.epoch_curves(plots.read_metrics(workdir))
-    for tag in ("train/loss", "train/top1", "eval/loss", "eval/top1", "eval/top5", "eval/video_top1",
-                "eval/video_top5", "learning_rate"):
-        logged = {e.step: float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))
-                  for e in events.Tensors(tag)}
+    for tag in (
+        "train/loss",
+        "train/top1",
+        "eval/loss",
+        "eval/top1",
+        "eval/top5",
+        "eval/video_top1",
+        "eval/video_top5",
+        "learning_rate",
+    ):
+        logged = {e.step: float(np.asarray(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)}
         epochs, values = curves[tag]
         np.testing.assert_array_equal(epochs, [1, 2])
         np.testing.assert_allclose(values, [logged[s] for s in eval_steps], rtol=1e-6)
@@ -129,8 +143,12 @@ def test_features_of_an_unreadable_video_fail_naming_it(runs, tmp_path, capsys):
 
 def test_stage_maps_are_channel_means_in_network_order():
     rng = np.random.default_rng(0)
-    features = {"spatiotemporal": rng.random((1, 2, 4, 4, 8)), "spatial": rng.random((1, 16, 14, 14, 4)),
-                "temporal": rng.random((1, 8, 14, 14, 4)), "pool5": rng.random((1, 2, 2, 3))}
+    features = {
+        "spatiotemporal": rng.random((1, 2, 4, 4, 8)),
+        "spatial": rng.random((1, 16, 14, 14, 4)),
+        "temporal": rng.random((1, 8, 14, 14, 4)),
+        "pool5": rng.random((1, 2, 2, 3)),
+    }
     maps = plots.stage_maps(features)
     assert list(maps) == ["spatial", "temporal", "spatiotemporal", "pool5"]
     np.testing.assert_allclose(maps["temporal"], features["temporal"][0].mean(-1), rtol=1e-6)

@@ -1,5 +1,6 @@
 """``python -m semicnn_jax.predict``: a demo-trained run classifies synthetic-motion videos written to
-.avi and .mp4; JSON shape; checkpoint selection; unreadable videos and missing runs named."""
+.avi and .mp4 (slow); on the shared tiny run: JSON shape, clip averaging, checkpoint selection,
+unreadable videos and missing runs named."""
 
 import json
 import os
@@ -7,12 +8,13 @@ import shutil
 import subprocess
 import sys
 
+import demo_run
 import numpy as np
 import pytest
-
-import demo_run
+from commands import run_command
 from test_train import assert_project_lines_first
-from semicnn_jax import inference, models, predict, train
+
+from semicnn_jax import inference, predict, train
 from semicnn_jax.data import synthetic_motion, video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +23,12 @@ NUM_VIDEOS = 32  # four per class, in each container
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """(workdir, config) of the session's tiny run: every file of a run, nothing learnt."""
+    return demo_run.shared_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
     """(workdir, config) of the tiny demo run, trained until its eval top-1 reaches 70% (once per session)."""
     return demo_run.trained_demo(tmp_path_factory)
 
@@ -33,26 +41,39 @@ def as_video_frames(clip):
     return np.pad(big, ((0, 0), (0, 0), (side, side), (0, 0)), constant_values=128)
 
 
+def held_out_videos(config, folder, count: int) -> dict:
+    """{'.avi': [(path, label)], '.mp4': [...]}: the same held-out clips in both containers."""
+    clips, labels = demo_run.held_out_clips(config, count)
+    return {
+        ext: [
+            (demo_run.write_video(str(folder / f"clip{i:02d}{ext}"), as_video_frames(clip)), int(label))
+            for i, (clip, label) in enumerate(zip(clips, labels))
+        ]
+        for ext in (".avi", ".mp4")
+    }
+
+
 @pytest.fixture(scope="module")
 def videos(run, tmp_path_factory):
-    """{'.avi': [(path, label)], '.mp4': [...]}: the same held-out clips in both containers."""
-    _, config = run
-    folder = tmp_path_factory.mktemp("videos")
-    clips, labels = demo_run.held_out_clips(config, NUM_VIDEOS)
-    return {ext: [(demo_run.write_video(str(folder / f"clip{i:02d}{ext}"), as_video_frames(clip)),
-                   int(label)) for i, (clip, label) in enumerate(zip(clips, labels))]
-            for ext in (".avi", ".mp4")}
+    return held_out_videos(run[1], tmp_path_factory.mktemp("videos"), 2)
 
 
 def cli(*args, timeout=600):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}  # a newcomer's
-    return subprocess.run([sys.executable, "-m", "semicnn_jax.predict", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "semicnn_jax.predict", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
-def test_cli_classifies_avi_and_mp4_videos_well_above_chance_in_the_json_shape(run, videos):
-    workdir, _ = run
+def test_cli_classifies_avi_and_mp4_videos_well_above_chance_in_the_json_shape(trained, tmp_path):
+    workdir, config = trained
+    videos = held_out_videos(config, tmp_path, NUM_VIDEOS)
     paths = [p for ext in (".avi", ".mp4") for p, _ in videos[ext]]
     result = cli(f"--workdir={workdir}", "--json", *paths)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -75,12 +96,12 @@ def test_cli_classifies_avi_and_mp4_videos_well_above_chance_in_the_json_shape(r
 
 
 def test_video_probabilities_are_the_mean_of_its_clips_softmax_any_length(run, tmp_path):
-    """1 frame (one clip, the frame repeated) and 13 frames (clips of 8 + 5 loop-padded)."""
+    """1 frame (one clip, the frame repeated) and 13 frames (whole clips, the last loop-padded)."""
     workdir, config = run
     model, variables, info = predict.load_run(workdir, "latest")
     predict_fn = inference.make_predict_fn(model)
     clips, _ = demo_run.held_out_clips(config, 2, num_frames=13)
-    for frames, expected_clips in ((clips[0][:1], 1), (clips[1], 2)):
+    for frames, expected_clips in ((clips[0][:1], 1), (clips[1], -(-13 // config.num_frames))):
         path = demo_run.write_video(str(tmp_path / f"len{len(frames)}.mp4"), as_video_frames(frames))
         result = predict.classify(predict_fn, variables, info, path)
         assert result.num_clips == expected_clips and result.video == path
@@ -114,8 +135,11 @@ def test_checkpoint_best_latest_and_step_select_that_checkpoint(run, tmp_path):
 
 
 def test_select_step_ties_and_runs_without_evaluations():
-    metrics = {10: {"eval/top1": 0.5, "eval/loss": 1.0}, 20: {"eval/top1": 0.5, "eval/loss": 0.9},
-               30: {"eval/top1": 0.4, "eval/loss": 0.5}}
+    metrics = {
+        10: {"eval/top1": 0.5, "eval/loss": 1.0},
+        20: {"eval/top1": 0.5, "eval/loss": 0.9},
+        30: {"eval/top1": 0.4, "eval/loss": 0.5},
+    }
     assert predict.select_step([10, 20, 30, 40], "best", metrics, "d") == 20  # 40 has no evaluation
     assert predict.select_step([30, 10], "best", metrics, "d") == 10
     assert predict.select_step([10, 40], "best", {}, "d") == 40  # nothing evaluated: the latest
@@ -137,15 +161,18 @@ def test_unreadable_videos_are_named_and_the_others_still_answered(run, videos, 
     corrupt.write_bytes(np.random.default_rng(0).bytes(5000))
     empty = tmp_path / "empty.avi"
     empty.write_bytes(b"")
-    code = predict.main([f"--workdir={workdir}", "--json", good[0], missing, str(corrupt), str(empty), good[1]])
+    folder = str(tmp_path)
+    bad = [missing, str(corrupt), str(empty), folder]
+    code = run_command(predict, [f"--workdir={workdir}", "--json", good[0], *bad, good[1]])
     out, err = capsys.readouterr()
     assert code == 1
     assert [a["video"] for a in json.loads(out)] == good
-    for path in (missing, str(corrupt), str(empty)):
+    for path in bad:
         assert f"error: {path}: " in err
-    assert "3 of 5 videos could not be read" in err
+    assert f"error: {folder}: is a directory" in err
+    assert "4 of 6 videos could not be read" in err
 
-    code = predict.main([f"--workdir={workdir}", good[0], good[1]])  # text: the video, then its top 5
+    code = run_command(predict, [f"--workdir={workdir}", good[0], good[1]])  # text: the video, then its top 5
     out, err = capsys.readouterr()
     assert code == 0 and "checkpoint step" in err
     lines = out.splitlines()
@@ -154,8 +181,9 @@ def test_unreadable_videos_are_named_and_the_others_still_answered(run, videos, 
     assert lines[1].split()[1] in synthetic_motion.CLASS_NAMES and 0 < float(lines[1].split()[2]) <= 1
 
 
-@pytest.mark.parametrize("case", ["no_workdir", "no_run_json", "no_checkpoints", "no_such_step", "bad_name",
-                                  "other_model"])
+@pytest.mark.parametrize(
+    "case", ["no_workdir", "no_run_json", "no_checkpoints", "no_such_step", "bad_name", "other_model"]
+)
 def test_a_missing_run_or_checkpoint_exits_non_zero_naming_it(run, videos, tmp_path, capsys, case):
     workdir, _ = run
     args, expected = ["--checkpoint=best"], None
@@ -185,7 +213,7 @@ def test_a_missing_run_or_checkpoint_exits_non_zero_naming_it(run, videos, tmp_p
     else:
         args = ["--checkpoint=newest"]
         expected = "--checkpoint='newest': expected best, latest or a step number"
-    code = predict.main([f"--workdir={workdir}", *args, videos[".avi"][0][0]])
+    code = run_command(predict, [f"--workdir={workdir}", *args, videos[".avi"][0][0]])
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
     assert expected in err, err
@@ -197,16 +225,6 @@ def test_the_cli_exit_status_of_a_missing_checkpoint(run, videos):
     result = cli(f"--workdir={run[0]}", "--checkpoint=999999", videos[".mp4"][0][0], timeout=300)
     assert result.returncode == 1 and result.stdout == ""
     assert "no checkpoint at step 999999" in result.stderr and os.path.join(run[0], "checkpoints") in result.stderr
-
-
-def test_run_record_options_as_strings_or_json_values_build_the_same_model():
-    old = {"width": "0.125", "dtype": "float32", "head": "multilevel", "dropout_rate": "0.5", "lowering": "auto"}
-    new = {"width": 0.125, "dtype": "float32", "head": "multilevel", "dropout_rate": 0.5, "lowering": "auto"}
-    assert predict.parse_model_options(old) == new == predict.parse_model_options(new)
-    assert predict.parse_model_options({"axis_name": "None", "width": "1"}) == {"axis_name": None, "width": 1}
-    model = models.create("semi_resnet18", num_classes=8, **{k: v for k, v in predict.parse_model_options(old).items()
-                                                             if k != "dropout_rate"})
-    assert model.width == 0.125 and model.head == "multilevel"
 
 
 def test_normalisation_is_trainings():
