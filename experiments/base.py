@@ -41,6 +41,7 @@ def get_config(model_name: str = "semi_resnet18") -> ml_collections.ConfigDict:
     config.dataset.prefetch = 2  # batches buffered per worker
     config.dataset.skip_missing = False  # True: videos named in the lists but absent are skipped
     config.dataset.shuffle_buffer = 256  # TFDS only: videos in the seeded shuffle buffer
+    config.dataset.max_unreadable_fraction = 0.05  # warn when a larger share of the videos cannot be read
 
     config.num_frames = 16
     config.crop_size = 224
@@ -68,4 +69,5 @@ def get_config(model_name: str = "semi_resnet18") -> ml_collections.ConfigDict:
     config.checkpoint_every_epochs = 1
     config.keep_checkpoints = 3
     config.max_steps = -1  # > 0: stop after this many mini-batches (smoke tests)
+    config.allow_new_geometry = False  # True: resume a workdir with another num_frames/crop_size/dataset
     return config

@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from semicnn_jax import inference, models
+from semicnn_jax import checkpoints, inference, models
 from semicnn_jax.data import video
 from semicnn_jax.inference import normalize  # training's ImageNet normalisation
 
@@ -207,27 +207,34 @@ def load_run(workdir: str, checkpoint: str | int = "best") -> tuple[Any, dict, R
     }
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), target)
     manager = _checkpoint_manager(workdir)
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
     try:
-        step = select_step(manager.all_steps(), checkpoint, metrics, manager.directory)
-        where = f"{manager.directory}/{step}"
-        stored = getattr(manager.item_metadata(step), "tree", None)
-        mismatches = shape_mismatches({k: target[k] for k in ("params", "batch_stats")}, stored)
-        if mismatches:
-            raise RunError(
-                f"{where}: cannot restore {record['model']} ({options}) of run.json from it: "
-                f"{len(mismatches)} arrays differ, e.g. {mismatches[0]}"
-            )
-        try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.PyTreeRestore(
-                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
-                ),
-            )
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise RunError(
-                f"{where}: cannot restore {record['model']} ({options}) from it: {str(e).splitlines()[0]}"
-            ) from None
+        steps = sorted(manager.all_steps())
+        chosen = select_step(steps, checkpoint, metrics, manager.directory)
+        # best/latest fall back to the newest intact checkpoint; a step asked for by number does not.
+        for step in checkpoints.candidates(chosen, steps, fallback=str(checkpoint).strip() in ("best", "latest")):
+            where = f"{manager.directory}/{step}"
+            with checkpoints.quiet_library_errors():
+                try:
+                    stored = getattr(manager.item_metadata(step), "tree", None)
+                except Exception:  # unreadable metadata: the restore below names it
+                    stored = None
+            mismatches = shape_mismatches({k: target[k] for k in ("params", "batch_stats")}, stored)
+            if stored is not None and mismatches:
+                raise RunError(
+                    f"{where}: cannot restore {record['model']} ({options}) of run.json from it: "
+                    f"{len(mismatches)} arrays differ, e.g. {mismatches[0]}"
+                )
+            try:
+                restored = checkpoints.restore_verified(manager, step, lambda: manager.restore(step, args=args))
+                break
+            except checkpoints.DamagedCheckpoint as e:
+                damaged = e
+                logging.error("checkpoint %s is damaged (%s)", e.where, e.reason)
+        else:
+            raise RunError(f"{damaged}; no intact checkpoint to fall back to")
     finally:
         manager.close()
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}

@@ -27,9 +27,9 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import struct
 
-from semicnn_jax import finetune, models, optim
-from semicnn_jax.inference import normalize
+from semicnn_jax import checkpoints, configs, exits, finetune, models, optim
 from semicnn_jax.data import pipeline
+from semicnn_jax.inference import normalize
 
 AXIS = "batch"
 PREFETCH = 2  # batches copied to the devices ahead of the step that needs them
@@ -51,21 +51,20 @@ class TrainState(struct.PyTreeNode):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Refuses a bad config before any work starts, naming the key and value at fault."""
-    model = models.create(config.model.name, num_classes=2, **model_options(config))  # name and options
-    for key in ("per_device_batch_size", "accumulation_steps", "num_epochs", "num_frames", "crop_size"):
-        if not (isinstance(config[key], int) and config[key] > 0):
-            raise ValueError(f"config.{key} must be a positive int, got {config[key]!r}")
-    batch_size = config.get("batch_size", -1)
-    if batch_size > 0:
-        if batch_size % jax.device_count():
+    """Refuses a bad config before any work starts (``exits.ConfigError`` naming the field and value)."""
+    configs.check(config)  # every field known, every number in its range
+    try:
+        model = models.create(config.model.name, num_classes=2, **model_options(config))  # name and options
+        batch_size = config.get("batch_size", -1)
+        if batch_size > 0 and batch_size % jax.device_count():
             raise ValueError(f"config.batch_size={batch_size} is not divisible by the {jax.device_count()} "
                              f"devices; set a multiple of {jax.device_count()} or per_device_batch_size")
-    if config.learning_rate <= 0 or not 0 < config.plateau_factor < 1 or config.plateau_patience < 0:
-        raise ValueError("learning_rate must be > 0, plateau_factor in (0, 1), plateau_patience >= 0; got "
-                         f"{config.learning_rate}, {config.plateau_factor}, {config.plateau_patience}")
-    finetune.validate(config, model)  # init_from (a file or a run) and freeze_until
-    pipeline.validate(config)  # last: it may read the dataset's index files
+        finetune.validate(config, model)  # init_from (a file or a run) and freeze_until
+        pipeline.validate(config)  # last: it may read the dataset's index files
+    except exits.ConfigError:
+        raise
+    except ValueError as e:
+        raise exits.ConfigError(str(e)) from e
 
 
 def model_options(config) -> dict:
@@ -208,7 +207,7 @@ def evaluate(p_eval_step, state, source, global_batch: int) -> dict:
         from jax.experimental import multihost_utils
         scores = np.asarray(multihost_utils.process_allgather(scores)).sum(0)
         labels = np.asarray(multihost_utils.process_allgather(labels)).max(0)
-    return dict(averages(unreplicate(total)), **video_metrics(scores, labels))
+    return dict(averages(unreplicate(total)), count=float(unreplicate(total)["count"]), **video_metrics(scores, labels))
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -233,22 +232,51 @@ def run_record(config, info: pipeline.DatasetInfo) -> dict:
             "num_frames": config.num_frames, "crop_size": config.crop_size, "dataset": config.dataset.name}
 
 
-def check_or_write_run_record(workdir: str, record: dict) -> None:
-    """A workdir belongs to one model: refuse to train another into it (nothing is overwritten)."""
+MODEL_KEYS = ("model", "model_options", "num_classes")
+GEOMETRY_KEYS = ("num_frames", "crop_size", "dataset")
+
+
+def check_or_write_run_record(workdir: str, record: dict, allow_new_geometry: bool = False) -> None:
+    """A workdir belongs to one model and one clip geometry: refuse to train another into it (nothing is
+    overwritten); ``allow_new_geometry`` lets the same model go on with other clips (run.json rewritten)."""
     path = os.path.join(workdir, "run.json")
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        keys = ("model", "model_options", "num_classes")
-        if any(json.dumps(previous.get(k), sort_keys=True) != json.dumps(record[k], sort_keys=True) for k in keys):
-            raise ValueError(f"{workdir} holds a run of model {previous.get('model')!r} "
-                             f"({ {k: previous.get(k) for k in keys[1:]} }); this config trains "
-                             f"{record['model']!r} ({ {k: record[k] for k in keys[1:]} }). "
-                             "Use another --workdir.")
-    elif jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
+
+        def differ(keys):
+            return [k for k in keys if json.dumps(previous.get(k), sort_keys=True) != json.dumps(record[k], sort_keys=True)]
+
+        if differ(MODEL_KEYS):
+            raise exits.ConfigError(
+                f"{workdir} holds a run of model {previous.get('model')!r} ({ {k: previous.get(k) for k in MODEL_KEYS[1:]} }); "
+                f"this config trains {record['model']!r} ({ {k: record[k] for k in MODEL_KEYS[1:]} }). Use another --workdir.")
+        changed = differ(GEOMETRY_KEYS)
+        if changed and not allow_new_geometry:
+            raise exits.ConfigError(
+                f"{workdir} was trained with {', '.join(f'{k}={previous.get(k)!r}' for k in changed)}; this config has "
+                f"{', '.join(f'{k}={record[k]!r}' for k in changed)}. Use another --workdir, or pass "
+                "--config.allow_new_geometry=True to go on with the new clips (run.json is rewritten)")
+        if not changed:
+            return
+        logging.warning("allow_new_geometry: %s now %s (was %s); run.json rewritten", ", ".join(changed),
+                        [record[k] for k in changed], [previous.get(k) for k in changed])
+    if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(record, f, indent=2)
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and proves it writable before any work (one clear error, not a traceback later)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise exits.Failure(f"--workdir={workdir} cannot be written ({e.strerror or e}); "
+                            "choose a writable directory") from None
 
 
 def load_pretrained(config, variables: dict, model) -> tuple[dict, Any]:
@@ -286,9 +314,10 @@ class NonFiniteLossError(RuntimeError):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains ``config``'s model, resuming from ``workdir``'s latest checkpoint if there is one."""
     validate_config(config)
+    prepare_workdir(workdir)
     source = pipeline.create(config)
     info = source.info
-    check_or_write_run_record(workdir, run_record(config, info))
+    check_or_write_run_record(workdir, run_record(config, info), config.get("allow_new_geometry", False))
     if jax.process_index() == 0:  # this start's full config, overrides included
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -310,12 +339,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = initial_state(config, variables, tx)
     plateau_tx = create_plateau(config)
 
+    if jax.process_index() == 0:
+        checkpoints.remove_stale_temporaries(os.path.join(workdir, "checkpoints"))
     manager = checkpoint_manager(workdir, config)
-    if manager.latest_step() is not None:
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+    state, restored_step = checkpoints.restore_latest_good(manager, workdir, state)
+    if restored_step is not None:
         logging.info("resumed from step %d (epoch %d)", int(state.step), int(state.epoch))
     else:
         parameter_overview.log_parameter_overview(state.params)
+    truncate_metrics(workdir, int(state.epoch))  # epochs evaluated after the checkpoint are evaluated again
 
     p_train_step = data_parallel(functools.partial(train_step, model=model, tx=tx), donate_state=True)
     p_eval_step = data_parallel(functools.partial(eval_step, model=model))
@@ -326,9 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = replicate(state)
 
     def save(state, metrics=None):
-        manager.save(int(unreplicate(state).step), args=ocp.args.StandardSave(unreplicate(state)),
-                     metrics=metrics, force=True)
-        manager.wait_until_finished()
+        host = unreplicate(state)
+        checkpoints.save(manager, int(host.step), host, metrics)
 
     try:
         step = start_step
@@ -346,14 +377,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     writer.write_scalars(step, {"train/loss": train["loss"], "train/top1": train["top1"]})
                 if preempted.flag:
                     save(state)
-                    logging.warning("stopped at step %d; rerun the same command to resume", step)
-                    return unreplicate(state)
+                    raise exits.Preempted(step)
                 if config.get("max_steps", -1) > 0 and step >= config.max_steps:
                     save(state)
                     return unreplicate(state)
+            if train_sums is not None:  # None: resumed after the epoch's last step, before its evaluation
+                check_readable("training", float(unreplicate(train_sums)["count"]), epoch, source)
             train = averages(unreplicate(train_sums)) if train_sums is not None else {}
             evaluation = evaluate(p_eval_step, state, source, global_batch)
+            check_readable("evaluation", evaluation.pop("count"), epoch, source)
             skipped = len(source.skipped_files())
+            warn_unreadable_share(skipped, info, config)
             _check_finite(evaluation["loss"], step)
             plateau_state = optim.plateau_step(plateau_tx, unreplicate(state).plateau_state, evaluation["loss"])
             state = state.replace(epoch=state.epoch + 1, plateau_state=replicate(plateau_state))
@@ -376,6 +410,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.flush()
         source.close()  # loader worker processes
     return unreplicate(state)
+
+
+def check_readable(what: str, count: float, epoch: int, source) -> None:
+    """Refuses an epoch's training or evaluation in which no example could be read (nothing learnt or
+    measured: no checkpoint of it may be saved, let alone kept as the best)."""
+    if count > 0:
+        return
+    skipped = source.skipped_files()
+    example = next(iter(skipped.items()), None)
+    detail = f"{len(skipped)} unreadable files, e.g. {example[0]}: {example[1]}" if example else "no example was read"
+    raise exits.Failure(f"epoch {epoch + 1}: none of the {what} examples could be read ({detail}); nothing saved. "
+                        "Check dataset.data_dir and the videos")
+
+
+def warn_unreadable_share(skipped: int, info, config) -> None:
+    total = max(info.num_train + info.num_eval, 1)
+    limit = config.dataset.get("max_unreadable_fraction", 0.05)
+    if skipped / total > limit:
+        logging.warning("%d of the dataset's %d videos (%.1f%%) could not be read, more than "
+                        "dataset.max_unreadable_fraction=%g; the results describe the rest", skipped, total,
+                        100 * skipped / total, limit)
+
+
+def truncate_metrics(workdir: str, epochs: int) -> None:
+    """Drops ``metrics.jsonl`` lines of epochs after ``epochs`` (evaluated by a run killed before it saved
+    them; the resumed run evaluates them again), so the file keeps one line per evaluated epoch."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() != 0 or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["epoch"]) <= epochs:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a killed run
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(path + ".tmp", path)
+        logging.info("metrics.jsonl: %d lines of epochs after %d dropped (they are evaluated again)",
+                     len(lines) - len(kept), epochs)
 
 
 def append_metrics_line(workdir: str, record: dict) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 import demo_run
 from experiments import base
-from semicnn_jax import models, train
+from semicnn_jax import exits, models, train
 from semicnn_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,8 +48,9 @@ def test_accumulated_update_on_two_devices_equals_one_update_on_the_whole_batch(
 
     config.accumulation_steps = 1
     tx1 = train.create_optimizer(config)
-    one_device = jax.pmap(functools.partial(train.train_step, model=model, tx=tx1), axis_name=train.AXIS,
-                          devices=jax.local_devices()[:1])
+    one_device = jax.pmap(
+        functools.partial(train.train_step, model=model, tx=tx1), axis_name=train.AXIS, devices=jax.local_devices()[:1]
+    )
     state1 = jax.tree.map(lambda x: np.asarray(x)[None], train.initial_state(config, variables, tx1))
     state1, _ = one_device(state1, jax.tree.map(lambda x: x[None], {"video": video, "label": label, "mask": mask}))
     whole = train.unreplicate(state1).params
@@ -79,6 +80,7 @@ def sigterm_at(at):
         if n == at:
             os.kill(os.getpid(), signal.SIGTERM)
         return batch
+
     return hook
 
 
@@ -95,8 +97,10 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     # SIGTERM while batch 6 is being loaded: with batches prefetched to the devices ahead of the step,
     # step 5 is the one in flight.
     monkeypatch.setattr(pipeline, "create", lambda c: _Hooked(create(c), sigterm_at(5 + train.PREFETCH - 1)))
-    stopped = train.train_and_evaluate(config, str(tmp_path / "killed"))
-    assert int(stopped.step) == 5 and int(stopped.epoch) == 0  # mid-epoch, mid-accumulation
+    with pytest.raises(exits.Preempted) as stopped:
+        train.train_and_evaluate(config, str(tmp_path / "killed"))
+    assert stopped.value.step == 5  # mid-epoch, mid-accumulation
+    assert os.listdir(tmp_path / "killed" / "checkpoints") == ["5"]
     monkeypatch.setattr(pipeline, "create", create)
     resumed = train.train_and_evaluate(config, str(tmp_path / "killed"))
     assert int(resumed.step) == 16 and int(resumed.epoch) == 2
@@ -114,16 +118,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]  # epoch 1's, nothing after
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"model.name": "semi_resnet19"}, "unknown model 'semi_resnet19'"),
-    ({"dataset.name": "ucf102"}, "dataset.name='ucf102' is unknown"),
-    ({"batch_size": 7}, "batch_size=7 is not divisible by the 2 devices"),
-    ({"model.options": {"head": "triple"}}, "head='triple'"),
-    ({"per_device_batch_size": 0}, "per_device_batch_size must be a positive int"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"model.name": "semi_resnet19"}, "unknown model 'semi_resnet19'"),
+        ({"dataset.name": "ucf102"}, "dataset.name='ucf102' is unknown"),
+        ({"batch_size": 7}, "batch_size=7 is not divisible by the 2 devices"),
+        ({"model.options": {"head": "triple"}}, "head='triple'"),
+        ({"per_device_batch_size": 0}, "config.per_device_batch_size=0 must be an integer >= 1"),
+    ],
+)
 def test_bad_config_is_refused_before_any_work(tmp_path, overrides, message):
     workdir = tmp_path / "run"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(exits.ConfigError, match=message):
         train.train_and_evaluate(tiny_config(**overrides), str(workdir))
     assert not workdir.exists()
 
@@ -152,8 +159,15 @@ def test_paper_configs_carry_the_recipe():
 def assert_project_lines_first(output: str, first_from: str) -> None:
     """The first line is the project's (from ``first_from``); no library banner anywhere."""
     assert first_from in output.splitlines()[0], output[:2000]
-    for banner in ("backend 'tpu'", "oneDNN", "absl::InitializeLog", "cpu_feature_guard", "orbax-checkpoint version",
-                   "CheckpointManager", "Traceback"):
+    for banner in (
+        "backend 'tpu'",
+        "oneDNN",
+        "absl::InitializeLog",
+        "cpu_feature_guard",
+        "orbax-checkpoint version",
+        "CheckpointManager",
+        "Traceback",
+    ):
         assert banner not in output, (banner, output[:3000])
 
 
@@ -161,10 +175,22 @@ def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "semicnn_jax.main", f"--workdir={workdir}", "--config=experiments/demo.py",
-           "--config.model.width=0.0625", "--config.num_frames=4", "--config.crop_size=32",
-           "--config.dataset.train_size=32", "--config.dataset.eval_size=8", "--config.num_epochs=1",
-           "--config.per_device_batch_size=4", "--config.accumulation_steps=2", "--config.log_every_steps=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "semicnn_jax.main",
+        f"--workdir={workdir}",
+        "--config=experiments/demo.py",
+        "--config.model.width=0.0625",
+        "--config.num_frames=4",
+        "--config.crop_size=32",
+        "--config.dataset.train_size=32",
+        "--config.dataset.eval_size=8",
+        "--config.num_epochs=1",
+        "--config.per_device_batch_size=4",
+        "--config.accumulation_steps=2",
+        "--config.log_every_steps=2",
+    ]
     # As a newcomer runs it: no JAX platform chosen, TensorFlow's C++ logging at its default.
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -177,8 +203,16 @@ def test_main_end_to_end_writes_checkpoints_and_tensorboard_scalars(tmp_path):
     events = event_accumulator.EventAccumulator(str(workdir))
     events.Reload()
     tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
-    assert {"train/loss", "train/top1", "eval/loss", "eval/top1", "eval/top5", "eval/video_top1",
-            "eval/video_top5", "learning_rate"} <= tags
+    assert {
+        "train/loss",
+        "train/top1",
+        "eval/loss",
+        "eval/top1",
+        "eval/top5",
+        "eval/video_top1",
+        "eval/video_top5",
+        "learning_rate",
+    } <= tags
 
 
 def test_frozen_pretrained_parameters_stay_bit_identical(tmp_path):
@@ -187,12 +221,18 @@ def test_frozen_pretrained_parameters_stay_bit_identical(tmp_path):
 
     from semicnn_jax import convert
 
-    config = tiny_config(**{"model.width": 1.0, "init_from": str(tmp_path / "semi_resnet18.msgpack"),
-                            "freeze_pretrained": True, "accumulation_steps": 1, "max_steps": 3})
+    config = tiny_config(
+        **{
+            "model.width": 1.0,
+            "init_from": str(tmp_path / "semi_resnet18.msgpack"),
+            "freeze_pretrained": True,
+            "accumulation_steps": 1,
+            "max_steps": 3,
+        }
+    )
     model = train.create_model(config, num_classes=8, axis_name=None)
     variables = models.init_variables(model, (1, 4, 32, 32, 3), config.seed)
-    converted, moved = convert.from_torchvision("semi_resnet18", torchvision.models.resnet18().state_dict(),
-                                                variables)
+    converted, moved = convert.from_torchvision("semi_resnet18", torchvision.models.resnet18().state_dict(), variables)
     assert moved == 387_648
     convert.save_variables(config.init_from, converted)
 
@@ -225,12 +265,17 @@ class _ClipsOfVideos:
 def test_video_accuracy_averages_clip_probabilities_per_video():
     """Video 0 is wrong on 2 of its 3 clips but right on average; video 1 right on 1 of 2 clips but
     wrong on average; video 2 (1 clip) right. Clip top-1: 3/6; video top-1: 2/3."""
-    probs = np.array([[0.30, 0.35, 0.35, 0, 0, 0],   # video 0, label 0: clip wrong
-                      [0.30, 0.00, 0.70, 0, 0, 0],   #                    clip wrong
-                      [0.90, 0.10, 0.00, 0, 0, 0],   #                    clip right; mean -> 0
-                      [0.10, 0.60, 0.30, 0, 0, 0],   # video 1, label 1: clip right
-                      [0.00, 0.10, 0.90, 0, 0, 0],   #                    clip wrong; mean -> 2
-                      [0.00, 0.00, 0.80, 0.1, 0.05, 0.05]], np.float32)  # video 2, label 2: right
+    probs = np.array(
+        [
+            [0.30, 0.35, 0.35, 0, 0, 0],  # video 0, label 0: clip wrong
+            [0.30, 0.00, 0.70, 0, 0, 0],  #                    clip wrong
+            [0.90, 0.10, 0.00, 0, 0, 0],  #                    clip right; mean -> 0
+            [0.10, 0.60, 0.30, 0, 0, 0],  # video 1, label 1: clip right
+            [0.00, 0.10, 0.90, 0, 0, 0],  #                    clip wrong; mean -> 2
+            [0.00, 0.00, 0.80, 0.1, 0.05, 0.05],
+        ],
+        np.float32,
+    )  # video 2, label 2: right
     logits = np.log(np.maximum(probs, 1e-30))
 
     def fake_eval_step(state, batch):  # sharded logits in, as a pmapped model would produce them
@@ -257,8 +302,10 @@ def test_unreadable_examples_do_not_count_in_the_training_loss():
     rng = np.random.default_rng(1)
     video = rng.uniform(size=(4, 16, 32, 32, 3)).astype(np.float32)
     label = np.array([1, 2, 3, 4], np.int32)
-    garbage = dict(video=np.concatenate([video[:2], rng.uniform(size=(2, 16, 32, 32, 3)).astype(np.float32)]),
-                   label=np.array([1, 2, 7, 7], np.int32))
+    garbage = dict(
+        video=np.concatenate([video[:2], rng.uniform(size=(2, 16, 32, 32, 3)).astype(np.float32)]),
+        label=np.array([1, 2, 7, 7], np.int32),
+    )
     first, _ = step(state, train.shard({"video": video, "label": label, "mask": np.array([1, 1, 0, 0], bool)}))
     second, _ = step(state, train.shard(dict(garbage, mask=np.array([1, 1, 0, 0], bool))))
     clean, _ = step(state, train.shard(dict(garbage, mask=np.ones(4, bool))))

@@ -1,0 +1,191 @@
+"""Checkpoints that can be trusted: a digest of the arrays written with each one and checked on restore,
+non-finite weights refused, a damaged newest checkpoint set aside for the newest intact one.
+
+Each checkpoint's orbax ``custom_metadata`` holds ``{"sha256": {part: hex digest}}``, one digest per
+top-level part of the saved tree (``params``, ``batch_stats``, ``opt_state``, ...), so a reader that
+restores only some parts (``predict``) checks exactly those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging as std_logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+DIGEST_KEY = "sha256"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+DAMAGED_DIR = "damaged_checkpoints"
+VERIFIED_FINITE = ("params", "batch_stats")  # parts whose values must all be finite
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be used; the message names its directory and says why."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+def parts(tree) -> dict[str, Any]:
+    """The top-level parts of a saved tree (a dataclass such as ``TrainState``, or a dict)."""
+    if dataclasses.is_dataclass(tree):
+        return {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+    return dict(tree)
+
+
+def digest(tree) -> dict[str, str]:
+    """sha256 of each top-level part: every leaf's path, dtype, shape and bytes, in tree order."""
+    out = {}
+    for name, part in parts(tree).items():
+        h = hashlib.sha256()
+        for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(part))[0]:
+            array = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+            h.update(array.tobytes())
+        out[name] = h.hexdigest()
+    return out
+
+
+def non_finite(tree) -> list[str]:
+    """Paths of the floating-point arrays in ``VERIFIED_FINITE`` parts that hold a NaN or infinity."""
+    bad = []
+    for name, part in parts(tree).items():
+        if name in VERIFIED_FINITE:
+            for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(part))[0]:
+                array = np.asarray(leaf)
+                if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+                    bad.append(name + jax.tree_util.keystr(path))
+    return bad
+
+
+@contextlib.contextmanager
+def quiet_library_errors():
+    """Keeps orbax's and asyncio's own error logs (dozens of tracebacks for one unreadable file) off the
+    console while a checkpoint is read or written; the exception that results is reported once."""
+    loggers = [std_logging.getLogger(name) for name in ("absl", "asyncio", "orbax")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(std_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None) -> None:
+    """Saves ``state`` at ``step`` with its digest and waits until it is on disk."""
+    with quiet_library_errors():
+        manager.save(
+            step,
+            args=ocp.args.StandardSave(state),
+            metrics=metrics,
+            force=True,
+            custom_metadata={DIGEST_KEY: digest(state)},
+        )
+        manager.wait_until_finished()
+
+
+def verify(where: str, restored, expected: dict | None) -> None:
+    """Raises ``DamagedCheckpoint`` when a restored part's digest differs from the recorded one or its
+    weights are not finite. A checkpoint without a recorded digest is accepted with a warning."""
+    if expected is None:
+        logging.warning("%s has no recorded digest (written by an earlier version); not verified", where)
+    else:
+        actual = digest(restored)
+        differ = [name for name in actual if name in expected and expected[name] != actual[name]]
+        if differ:
+            raise DamagedCheckpoint(where, f"its arrays differ from the digest written with them ({', '.join(differ)})")
+    bad = non_finite(restored)
+    if bad:
+        raise DamagedCheckpoint(where, f"non-finite values in {len(bad)} arrays, e.g. {bad[0]}")
+
+
+def recorded_digest(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    metadata = manager.metadata(step)
+    return (getattr(metadata, "custom_metadata", None) or {}).get(DIGEST_KEY)
+
+
+def restore_verified(manager: ocp.CheckpointManager, step: int, restore: Callable[[], Any]):
+    """``restore()`` of checkpoint ``step``, verified; any failure becomes one ``DamagedCheckpoint``."""
+    where = os.path.join(str(manager.directory), str(step))
+    with quiet_library_errors():
+        try:
+            expected = recorded_digest(manager, step)
+            restored = restore()
+        except Exception as error:  # orbax raises many types for one damaged file
+            raise DamagedCheckpoint(where, f"cannot be read ({_first_line(error)})") from None
+    verify(where, restored, expected)
+    return restored
+
+
+def set_aside(workdir: str, damaged: DamagedCheckpoint) -> str:
+    """Moves a damaged checkpoint into ``workdir/damaged_checkpoints/`` (kept for inspection, out of the
+    way of the next save); returns its new path."""
+    target = os.path.join(workdir, DAMAGED_DIR, f"{os.path.basename(damaged.where)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(damaged.where, target)
+    return target
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, workdir: str, target) -> tuple[Any, int | None]:
+    """(state, step) of the newest intact checkpoint, each damaged newer one named in one line and set
+    aside; ``(target, None)`` when the run has no checkpoint. Raises ``DamagedCheckpoint`` when
+    checkpoints exist but none is intact (starting over silently would lose the run)."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:
+        try:
+            state = restore_verified(
+                manager, step, lambda: manager.restore(step, args=ocp.args.StandardRestore(target))
+            )
+        except DamagedCheckpoint as error:
+            damaged.append(error)
+            moved = set_aside(workdir, error) if jax.process_index() == 0 else error.where
+            logging.warning(
+                "checkpoint %s is damaged (%s); moved to %s, trying the one before", error.where, error.reason, moved
+            )
+            continue
+        if damaged:
+            manager.reload()
+        return state, step
+    if damaged:
+        raise DamagedCheckpoint(
+            os.path.dirname(damaged[0].where),
+            f"none of its {len(steps)} checkpoints is intact; "
+            f"the newest: {damaged[0].reason}. Restore a copy or start another --workdir",
+        )
+    return target, None
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Removes ``N.orbax-checkpoint-tmp*`` folders that killed saves left in ``directory``."""
+    removed = []
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            if TMP_MARKER in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                removed.append(name)
+    if removed:
+        logging.info("removed %d unfinished checkpoint folders of killed saves: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def candidates(chosen: int, steps: Iterable[int], fallback: bool) -> list[int]:
+    """``chosen`` first, then (with ``fallback``) the other steps, newest first."""
+    return [chosen] + (sorted((s for s in steps if s != chosen), reverse=True) if fallback else [])
