@@ -27,6 +27,11 @@ TMP_MARKER = ".orbax-checkpoint-tmp"
 DAMAGED_DIR = "damaged_checkpoints"
 VERIFIED_FINITE = ("params", "batch_stats")  # parts whose values must all be finite
 
+# orbax reads through asyncio tasks: one damaged file fails dozens of them, and each one's exception is
+# logged again when the task is garbage-collected ("Task exception was never retrieved"), long after the
+# restore that raised it. The project runs no asyncio code of its own, so that logger stays quiet.
+std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+
 
 class DamagedCheckpoint(Exception):
     """A checkpoint that cannot be used; the message names its directory and says why."""
@@ -43,14 +48,23 @@ def parts(tree) -> dict[str, Any]:
     return dict(tree)
 
 
+def _path_name(path) -> str:
+    """A leaf's path by names only, so a part restored as plain dicts (orbax without a target) or as the
+    original named tuples and dataclasses digests the same."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def digest(tree) -> dict[str, str]:
-    """sha256 of each top-level part: every leaf's path, dtype, shape and bytes, in tree order."""
+    """sha256 of each top-level part: every leaf's path, dtype, shape and bytes, in path order."""
     out = {}
     for name, part in parts(tree).items():
         h = hashlib.sha256()
-        for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(part))[0]:
+        leaves = sorted(
+            (_path_name(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(part))[0]
+        )
+        for path, leaf in leaves:
             array = np.ascontiguousarray(np.asarray(leaf))
-            h.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+            h.update(f"{path}|{array.dtype}|{array.shape}|".encode())
             h.update(array.tobytes())
         out[name] = h.hexdigest()
     return out
@@ -72,7 +86,7 @@ def non_finite(tree) -> list[str]:
 def quiet_library_errors():
     """Keeps orbax's and asyncio's own error logs (dozens of tracebacks for one unreadable file) off the
     console while a checkpoint is read or written; the exception that results is reported once."""
-    loggers = [std_logging.getLogger(name) for name in ("absl", "asyncio", "orbax")]
+    loggers = [std_logging.getLogger(name) for name in ("absl", "orbax")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(std_logging.CRITICAL)
@@ -143,10 +157,16 @@ def set_aside(workdir: str, damaged: DamagedCheckpoint) -> str:
     return target
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, workdir: str, target) -> tuple[Any, int | None]:
-    """(state, step) of the newest intact checkpoint, each damaged newer one named in one line and set
-    aside; ``(target, None)`` when the run has no checkpoint. Raises ``DamagedCheckpoint`` when
-    checkpoints exist but none is intact (starting over silently would lose the run)."""
+def restore_latest_good(
+    open_manager: Callable[[], ocp.CheckpointManager], workdir: str, target
+) -> tuple[ocp.CheckpointManager, Any, int | None]:
+    """(manager, state, step) of the newest intact checkpoint, each damaged newer one named in one line
+    and set aside; ``(manager, target, None)`` when the run has no checkpoint. Raises ``DamagedCheckpoint``
+    when checkpoints exist but none is intact (starting over silently would lose the run).
+
+    ``open_manager`` opens the checkpoint directory afresh: orbax infers the item layout from the steps
+    present, so a manager that saw a damaged step is not used after it is set aside."""
+    manager = open_manager()
     steps = sorted(manager.all_steps(), reverse=True)
     damaged = []
     for step in steps:
@@ -160,17 +180,18 @@ def restore_latest_good(manager: ocp.CheckpointManager, workdir: str, target) ->
             logging.warning(
                 "checkpoint %s is damaged (%s); moved to %s, trying the one before", error.where, error.reason, moved
             )
+            manager.close()
+            manager = open_manager()
             continue
-        if damaged:
-            manager.reload()
-        return state, step
+        return manager, state, step
     if damaged:
+        manager.close()
         raise DamagedCheckpoint(
             os.path.dirname(damaged[0].where),
             f"none of its {len(steps)} checkpoints is intact; "
             f"the newest: {damaged[0].reason}. Restore a copy or start another --workdir",
         )
-    return target, None
+    return manager, target, None
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:

@@ -57,8 +57,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         model = models.create(config.model.name, num_classes=2, **model_options(config))  # name and options
         batch_size = config.get("batch_size", -1)
         if batch_size > 0 and batch_size % jax.device_count():
-            raise ValueError(f"config.batch_size={batch_size} is not divisible by the {jax.device_count()} "
-                             f"devices; set a multiple of {jax.device_count()} or per_device_batch_size")
+            raise ValueError(
+                f"config.batch_size={batch_size} is not divisible by the {jax.device_count()} "
+                f"devices; set a multiple of {jax.device_count()} or per_device_batch_size"
+            )
         finetune.validate(config, model)  # init_from (a file or a run) and freeze_until
         pipeline.validate(config)  # last: it may read the dataset's index files
     except exits.ConfigError:
@@ -78,14 +80,14 @@ def per_device_batch(config) -> int:
 
 
 def create_model(config, num_classes: int, axis_name: str | None = AXIS):
-    return models.create(config.model.name, num_classes=num_classes, axis_name=axis_name,
-                         **model_options(config))
+    return models.create(config.model.name, num_classes=num_classes, axis_name=axis_name, **model_options(config))
 
 
 def create_optimizer(config, frozen_mask=None) -> optax.GradientTransformation:
     """SGD (torch semantics), optionally with frozen parameters, accumulated over mini-batches."""
-    tx = optim.sgd(config.learning_rate, config.momentum, config.dampening, config.weight_decay,
-                   config.get("nesterov", False))
+    tx = optim.sgd(
+        config.learning_rate, config.momentum, config.dampening, config.weight_decay, config.get("nesterov", False)
+    )
     if frozen_mask is not None:
         labels = jax.tree.map(lambda frozen: "frozen" if frozen else "trained", frozen_mask)
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
@@ -97,11 +99,15 @@ def create_plateau(config):
 
 
 def initial_state(config, variables, tx) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
-                      params=variables["params"], batch_stats=variables["batch_stats"],
-                      opt_state=tx.init(variables["params"]),
-                      plateau_state=optim.plateau_init(create_plateau(config)),
-                      rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        epoch=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        plateau_state=optim.plateau_init(create_plateau(config)),
+        rng=jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)),
+    )
 
 
 # ---------------------------------------------------------------------------- steps
@@ -113,8 +119,12 @@ def classification_metrics(logits, labels, mask) -> dict:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     k = min(5, logits.shape[-1])
     topk = jax.lax.top_k(logits, k)[1]
-    return {"loss": jnp.sum(loss * mask), "top1": jnp.sum((topk[:, 0] == labels) * mask),
-            "top5": jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask), "count": jnp.sum(mask)}
+    return {
+        "loss": jnp.sum(loss * mask),
+        "top1": jnp.sum((topk[:, 0] == labels) * mask),
+        "top5": jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask),
+        "count": jnp.sum(mask),
+    }
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx) -> tuple[TrainState, dict]:
@@ -124,8 +134,13 @@ def train_step(state: TrainState, batch: dict, *, model, tx) -> tuple[TrainState
     video = normalize(batch["video"])
 
     def loss_fn(params):
-        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, video, train=True,
-                                      mutable=["batch_stats"], rngs={"dropout": rng})
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            video,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
         # Mean over the valid examples of all devices (mask False: an example that could not be read);
         # scaled by the device count because the gradients are averaged with pmean.
         mask = batch["mask"].astype(jnp.float32)
@@ -139,16 +154,21 @@ def train_step(state: TrainState, batch: dict, *, model, tx) -> tuple[TrainState
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # The plateau schedule scales the learning rate, i.e. SGD's final update.
     updates = jax.tree.map(lambda u: u * state.plateau_state.scale.astype(u.dtype), updates)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
     metrics = jax.lax.psum(classification_metrics(logits, batch["label"], batch["mask"]), AXIS)
     return new_state, metrics
 
 
 def eval_step(state: TrainState, batch: dict, *, model) -> tuple[dict, jax.Array]:
     """Clip metrics summed over ``AXIS`` and this device's clip probabilities (for video scores)."""
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         normalize(batch["video"]), train=False)
+    logits = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, normalize(batch["video"]), train=False
+    )
     sums = jax.lax.psum(classification_metrics(logits, batch["label"], batch["mask"]), AXIS)
     return sums, jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
@@ -177,8 +197,11 @@ def unreplicate(tree):
 def averages(sums: dict) -> dict:
     sums = jax.device_get(sums)
     count = max(float(sums["count"]), 1.0)
-    return {"loss": float(sums["loss"]) / count, "top1": float(sums["top1"]) / count,
-            "top5": float(sums["top5"]) / count}
+    return {
+        "loss": float(sums["loss"]) / count,
+        "top1": float(sums["top1"]) / count,
+        "top5": float(sums["top5"]) / count,
+    }
 
 
 def video_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -205,6 +228,7 @@ def evaluate(p_eval_step, state, source, global_batch: int) -> dict:
         labels[videos] = np.asarray(batch["label"])[keep]
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         scores = np.asarray(multihost_utils.process_allgather(scores)).sum(0)
         labels = np.asarray(multihost_utils.process_allgather(labels)).max(0)
     return dict(averages(unreplicate(total)), count=float(unreplicate(total)["count"]), **video_metrics(scores, labels))
@@ -216,20 +240,29 @@ def evaluate(p_eval_step, state, source, global_batch: int) -> dict:
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     """Latest ``keep_checkpoints`` checkpoints plus the best by eval top-1."""
     from orbax.checkpoint import checkpoint_managers as policies
+
     top1 = lambda metrics: metrics["eval_top1"]  # noqa: E731
-    preserve = policies.AnyPreservationPolicy([
-        policies.LatestN(n=config.get("keep_checkpoints", 3)),
-        policies.BestN(get_metric_fn=top1, n=1, keep_checkpoints_without_metrics=False),
-    ])
+    preserve = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(n=config.get("keep_checkpoints", 3)),
+            policies.BestN(get_metric_fn=top1, n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
     # best_fn makes orbax store each checkpoint's metrics, so the best survives a restart.
     options = ocp.CheckpointManagerOptions(preservation_policy=preserve, best_fn=top1, best_mode="max", create=True)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
 def run_record(config, info: pipeline.DatasetInfo) -> dict:
-    return {"model": config.model.name, "model_options": model_options(config),
-            "num_classes": info.num_classes, "class_names": list(info.class_names),
-            "num_frames": config.num_frames, "crop_size": config.crop_size, "dataset": config.dataset.name}
+    return {
+        "model": config.model.name,
+        "model_options": model_options(config),
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "num_frames": config.num_frames,
+        "crop_size": config.crop_size,
+        "dataset": config.dataset.name,
+    }
 
 
 MODEL_KEYS = ("model", "model_options", "num_classes")
@@ -245,22 +278,30 @@ def check_or_write_run_record(workdir: str, record: dict, allow_new_geometry: bo
             previous = json.load(f)
 
         def differ(keys):
-            return [k for k in keys if json.dumps(previous.get(k), sort_keys=True) != json.dumps(record[k], sort_keys=True)]
+            return [
+                k for k in keys if json.dumps(previous.get(k), sort_keys=True) != json.dumps(record[k], sort_keys=True)
+            ]
 
         if differ(MODEL_KEYS):
             raise exits.ConfigError(
                 f"{workdir} holds a run of model {previous.get('model')!r} ({ {k: previous.get(k) for k in MODEL_KEYS[1:]} }); "
-                f"this config trains {record['model']!r} ({ {k: record[k] for k in MODEL_KEYS[1:]} }). Use another --workdir.")
+                f"this config trains {record['model']!r} ({ {k: record[k] for k in MODEL_KEYS[1:]} }). Use another --workdir."
+            )
         changed = differ(GEOMETRY_KEYS)
         if changed and not allow_new_geometry:
             raise exits.ConfigError(
                 f"{workdir} was trained with {', '.join(f'{k}={previous.get(k)!r}' for k in changed)}; this config has "
                 f"{', '.join(f'{k}={record[k]!r}' for k in changed)}. Use another --workdir, or pass "
-                "--config.allow_new_geometry=True to go on with the new clips (run.json is rewritten)")
+                "--config.allow_new_geometry=True to go on with the new clips (run.json is rewritten)"
+            )
         if not changed:
             return
-        logging.warning("allow_new_geometry: %s now %s (was %s); run.json rewritten", ", ".join(changed),
-                        [record[k] for k in changed], [previous.get(k) for k in changed])
+        logging.warning(
+            "allow_new_geometry: %s now %s (was %s); run.json rewritten",
+            ", ".join(changed),
+            [record[k] for k in changed],
+            [previous.get(k) for k in changed],
+        )
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(record, f, indent=2)
@@ -275,8 +316,9 @@ def prepare_workdir(workdir: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise exits.Failure(f"--workdir={workdir} cannot be written ({e.strerror or e}); "
-                            "choose a writable directory") from None
+        raise exits.Failure(
+            f"--workdir={workdir} cannot be written ({e.strerror or e}); choose a writable directory"
+        ) from None
 
 
 def load_pretrained(config, variables: dict, model) -> tuple[dict, Any]:
@@ -328,9 +370,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     steps_per_epoch = info.num_train // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{info.num_train} training examples cannot fill one global batch of {global_batch}")
-    logging.info("effective batch %d = %d per device x %d devices x %d accumulation steps",
-                 global_batch * config.accumulation_steps, per_device, jax.device_count(),
-                 config.accumulation_steps)
+    logging.info(
+        "effective batch %d = %d per device x %d devices x %d accumulation steps",
+        global_batch * config.accumulation_steps,
+        per_device,
+        jax.device_count(),
+        config.accumulation_steps,
+    )
 
     model = create_model(config, info.num_classes)
     clip_shape = (1, config.num_frames, config.crop_size, config.crop_size, 3)
@@ -341,8 +387,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     if jax.process_index() == 0:
         checkpoints.remove_stale_temporaries(os.path.join(workdir, "checkpoints"))
-    manager = checkpoint_manager(workdir, config)
-    state, restored_step = checkpoints.restore_latest_good(manager, workdir, state)
+    manager, state, restored_step = checkpoints.restore_latest_good(
+        lambda: checkpoint_manager(workdir, config), workdir, state
+    )
     if restored_step is not None:
         logging.info("resumed from step %d (epoch %d)", int(state.step), int(state.epoch))
     else:
@@ -397,12 +444,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             scalars["learning_rate"] = lr
             writer.write_scalars(step, scalars)
             append_metrics_line(workdir, dict(scalars, epoch=epoch + 1, step=step, skipped_files=skipped))
-            logging.info("epoch %d/%d step %d: train loss %.4f top1 %.2f%% | eval loss %.4f clip top1 %.2f%% "
-                         "top5 %.2f%% | video top1 %.2f%% top5 %.2f%% | lr %.3g | %d unreadable files skipped",
-                         epoch + 1, config.num_epochs, step, train.get("loss", np.nan),
-                         100 * train.get("top1", np.nan), evaluation["loss"], 100 * evaluation["top1"],
-                         100 * evaluation["top5"], 100 * evaluation["video_top1"], 100 * evaluation["video_top5"],
-                         lr, skipped)
+            logging.info(
+                "epoch %d/%d step %d: train loss %.4f top1 %.2f%% | eval loss %.4f clip top1 %.2f%% "
+                "top5 %.2f%% | video top1 %.2f%% top5 %.2f%% | lr %.3g | %d unreadable files skipped",
+                epoch + 1,
+                config.num_epochs,
+                step,
+                train.get("loss", np.nan),
+                100 * train.get("top1", np.nan),
+                evaluation["loss"],
+                100 * evaluation["top1"],
+                100 * evaluation["top5"],
+                100 * evaluation["video_top1"],
+                100 * evaluation["video_top5"],
+                lr,
+                skipped,
+            )
             if (epoch + 1) % config.get("checkpoint_every_epochs", 1) == 0 or epoch + 1 == config.num_epochs:
                 save(state, {"eval_top1": evaluation["top1"], "eval_loss": evaluation["loss"]})
     finally:
@@ -420,17 +477,24 @@ def check_readable(what: str, count: float, epoch: int, source) -> None:
     skipped = source.skipped_files()
     example = next(iter(skipped.items()), None)
     detail = f"{len(skipped)} unreadable files, e.g. {example[0]}: {example[1]}" if example else "no example was read"
-    raise exits.Failure(f"epoch {epoch + 1}: none of the {what} examples could be read ({detail}); nothing saved. "
-                        "Check dataset.data_dir and the videos")
+    raise exits.Failure(
+        f"epoch {epoch + 1}: none of the {what} examples could be read ({detail}); nothing saved. "
+        "Check dataset.data_dir and the videos"
+    )
 
 
 def warn_unreadable_share(skipped: int, info, config) -> None:
     total = max(info.num_train + info.num_eval, 1)
     limit = config.dataset.get("max_unreadable_fraction", 0.05)
     if skipped / total > limit:
-        logging.warning("%d of the dataset's %d videos (%.1f%%) could not be read, more than "
-                        "dataset.max_unreadable_fraction=%g; the results describe the rest", skipped, total,
-                        100 * skipped / total, limit)
+        logging.warning(
+            "%d of the dataset's %d videos (%.1f%%) could not be read, more than "
+            "dataset.max_unreadable_fraction=%g; the results describe the rest",
+            skipped,
+            total,
+            100 * skipped / total,
+            limit,
+        )
 
 
 def truncate_metrics(workdir: str, epochs: int) -> None:
@@ -452,8 +516,11 @@ def truncate_metrics(workdir: str, epochs: int) -> None:
         with open(path + ".tmp", "w") as f:
             f.write("".join(line + "\n" for line in kept))
         os.replace(path + ".tmp", path)
-        logging.info("metrics.jsonl: %d lines of epochs after %d dropped (they are evaluated again)",
-                     len(lines) - len(kept), epochs)
+        logging.info(
+            "metrics.jsonl: %d lines of epochs after %d dropped (they are evaluated again)",
+            len(lines) - len(kept),
+            epochs,
+        )
 
 
 def append_metrics_line(workdir: str, record: dict) -> None:
@@ -465,5 +532,7 @@ def append_metrics_line(workdir: str, record: dict) -> None:
 
 def _check_finite(loss: float, step: int) -> None:
     if not np.isfinite(loss):
-        raise NonFiniteLossError(f"loss became {loss} at step {step}; stopping. The last checkpoint (before it) "
-                                 "is kept; lower learning_rate or check the data.")
+        raise NonFiniteLossError(
+            f"loss became {loss} at step {step}; stopping. The last checkpoint (before it) "
+            "is kept; lower learning_rate or check the data."
+        )

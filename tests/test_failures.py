@@ -1,0 +1,275 @@
+"""Failure behaviour: damaged checkpoints named and skipped, bad config fields refused before any work,
+unreadable epochs refused, a workdir's geometry kept, one line and a status for every failure."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import demo_run
+import jax
+import numpy as np
+import pytest
+from test_train import _Hooked
+
+from experiments import base
+from semicnn_jax import checkpoints, configs, exits, models, predict, train
+from semicnn_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(workdir, config, target state) of the session's tiny run (checkpoints at steps 8 and 16)."""
+    workdir, config = demo_run.shared_tiny_run(tmp_path_factory)
+    model = train.create_model(config, 8)
+    variables = models.init_variables(model, (1, config.num_frames, config.crop_size, config.crop_size, 3), 0)
+    return workdir, config, train.initial_state(config, variables, train.create_optimizer(config))
+
+
+def data_files(step_dir):
+    """The array data files of a checkpoint (orbax OCDBT: ``default/**/d/*``)."""
+    found = [
+        os.path.join(d, f)
+        for d, _, names in os.walk(os.path.join(step_dir, "default"))
+        for f in names
+        if os.path.basename(d) == "d"
+    ]
+    assert found, step_dir
+    return found
+
+
+def zero_bytes(step_dir):
+    """400 zeroed bytes in the middle of every data file (whatever part each holds)."""
+    for path in data_files(step_dir):
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.seek(max(size // 2 - 200, 0))
+            f.write(bytes(min(400, size)))
+
+
+def truncate(step_dir):
+    for path in data_files(step_dir):
+        os.truncate(path, os.path.getsize(path) // 3)
+
+
+DAMAGE = {
+    "zeroed_bytes": zero_bytes,
+    "truncated": truncate,
+    "no_metadata": lambda step_dir: os.remove(os.path.join(step_dir, "default", "_METADATA")),
+    "no_item": lambda step_dir: shutil.rmtree(os.path.join(step_dir, "default")),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_previous_one_used(tiny, tmp_path, damage, caplog):
+    source, config, target = tiny
+    workdir = str(tmp_path / "run")
+    shutil.copytree(source, workdir)
+    newest = os.path.join(workdir, "checkpoints", "16")
+    DAMAGE[damage](newest)
+
+    _, _, info = predict.load_run(workdir, "latest")
+    if damage == "no_metadata":  # predict restores into its own target, which needs no _METADATA:
+        assert info.step == 16  # the digest proves the arrays it reads intact
+    else:  # predict falls back too, and says so
+        assert info.step == 8
+        assert f"checkpoint {newest} is damaged" in caplog.text
+        with pytest.raises(predict.RunError, match=f"{newest}: .*no intact checkpoint"):
+            predict.load_run(workdir, "16")  # a step asked for by number: no fallback
+
+    manager, state, step = checkpoints.restore_latest_good(
+        lambda: train.checkpoint_manager(workdir, config), workdir, target
+    )
+    assert step == 8 and int(state.step) == 8
+    assert manager.all_steps() == [8] and not os.path.exists(newest)
+    assert [name.split("-")[0] for name in os.listdir(os.path.join(workdir, "damaged_checkpoints"))] == ["16"]
+    reference = train.checkpoint_manager(source, config).restore(8)  # the intact original, read by orbax alone
+    jax.tree.map(np.testing.assert_array_equal, state.params, reference["params"])
+
+
+def test_non_finite_weights_are_refused_and_with_every_checkpoint_damaged_nothing_is_guessed(tiny, tmp_path):
+    source, config, target = tiny
+    workdir = str(tmp_path / "run")
+    shutil.copytree(source, workdir)
+    manager, state, _ = checkpoints.restore_latest_good(
+        lambda: train.checkpoint_manager(workdir, config), workdir, target
+    )
+    params = jax.tree.map(lambda x: x, state.params)
+    params["fc"]["bias"] = np.full_like(params["fc"]["bias"], np.nan)
+    checkpoints.save(manager, 24, state.replace(step=state.step + 8, params=params))
+    with pytest.raises(checkpoints.DamagedCheckpoint, match="non-finite values in 1 arrays, e.g. params\\['fc'\\]"):
+        checkpoints.restore_verified(manager, 24, lambda: manager.restore(24))  # as plain arrays: same digest
+    _, _, info = predict.load_run(workdir, "latest")  # never NaN probabilities: the step before is used
+    assert info.step == 16
+
+    for step in (16, 8):
+        zero_bytes(os.path.join(workdir, "checkpoints", str(step)))
+    with pytest.raises(checkpoints.DamagedCheckpoint, match="none of its 3 checkpoints is intact"):
+        checkpoints.restore_latest_good(lambda: train.checkpoint_manager(workdir, config), workdir, target)
+
+
+def test_the_digest_changes_with_any_array_and_stale_save_folders_are_removed(tiny, tmp_path):
+    _, _, target = tiny
+    before = checkpoints.digest(target)
+    assert set(before) == {"step", "epoch", "params", "batch_stats", "opt_state", "plateau_state", "rng"}
+    leaves, treedef = jax.tree.flatten(target.batch_stats)
+    leaves[-1] = np.asarray(leaves[-1]).copy()
+    leaves[-1].flat[0] += 1e-7
+    after = checkpoints.digest(target.replace(batch_stats=jax.tree.unflatten(treedef, leaves)))
+    assert [k for k in before if before[k] != after[k]] == ["batch_stats"]
+
+    for name in ("24.orbax-checkpoint-tmp-1733", "8"):
+        os.makedirs(tmp_path / name)
+    assert checkpoints.remove_stale_temporaries(str(tmp_path)) == ["24.orbax-checkpoint-tmp-1733"]
+    assert os.listdir(tmp_path) == ["8"]
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("checkpoint_every_epochs", 0, "an integer >= 1"),
+        ("log_every_steps", 0, "an integer >= 1"),
+        ("keep_checkpoints", -3, "an integer >= 1"),
+        ("batch_size", 0, "an integer >= 1 \\(or -1\\)"),
+        ("learning_rate", float("nan"), "a finite number in \\(0, inf\\)"),
+        ("learning_rate", 0.0, "a finite number in \\(0, inf\\)"),
+        ("momentum", 1.0, "a finite number in \\[0, 1\\)"),
+        ("plateau_factor", 1.0, "a finite number in \\(0, 1\\)"),
+        ("weight_decay", float("inf"), "a finite number in \\[0, inf\\)"),
+        ("dataset.eval_size", 0, "an integer >= 1"),
+        ("dataset.val_fraction", 1.0, "a finite number in \\(0, 1\\)"),
+        ("dataset.max_unreadable_fraction", 1.5, "a finite number in \\[0, 1\\]"),
+        ("dataset.split", 4, "one of 1, 2, 3"),
+    ],
+)
+def test_every_numeric_field_is_checked_naming_it(field, value, message):
+    config = demo_run.tiny_run_config()
+    config.update_from_flattened_dict({field: value})
+    with pytest.raises(exits.ConfigError, match=f"config.{field}={value!r} must be {message}"):
+        configs.check(config)
+
+
+def test_unknown_fields_are_refused_with_the_nearest_name_and_every_experiment_passes():
+    config = base.get_config()
+    config.learnin_rate = 0.1  # a typo in a config file adds a field nobody reads
+    with pytest.raises(
+        exits.ConfigError, match="config.learnin_rate is not a field of this project; did you mean learning_rate\\?"
+    ):
+        configs.check(config)
+    config = base.get_config()
+    config.dataset.eval_sise = 3
+    with pytest.raises(exits.ConfigError, match="did you mean dataset.eval_size"):
+        configs.check(config)
+    experiments = [
+        f[:-3] for f in os.listdir(os.path.join(REPO, "experiments")) if f.endswith(".py") and not f.startswith("_")
+    ]
+    assert len(experiments) >= 18
+    for name in experiments:
+        module = __import__(f"experiments.{name}", fromlist=["get_config"])
+        configs.check(module.get_config())  # every shipped config is accepted as it is
+
+
+def test_the_command_refuses_bad_fields_in_one_line_with_status_2_before_any_work(tmp_path):
+    workdir = tmp_path / "run"
+    for override, line in (
+        (
+            "--config.learning_rat=0.1",
+            "error: --config.learning_rat is not a config field; did you mean learning_rate?",
+        ),
+        ("--config.checkpoint_every_epochs=0", "error: config.checkpoint_every_epochs=0 must be"),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "semicnn_jax.main",
+                f"--workdir={workdir}",
+                "--config=experiments/demo.py",
+                override,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == exits.USAGE, result.stderr
+        assert line in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len([x for x in result.stderr.splitlines() if x.startswith("error:")]) == 1
+    assert not workdir.exists()
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def test_an_epoch_without_one_readable_example_is_refused_and_nothing_saved(tmp_path, monkeypatch):
+    create = pipeline.create
+    unreadable = lambda n, batch: dict(batch, mask=np.zeros_like(batch["mask"]))  # noqa: E731
+    monkeypatch.setattr(pipeline, "create", lambda c: _Hooked(create(c), unreadable))
+    workdir = tmp_path / "run"
+    with pytest.raises(exits.Failure, match="epoch 1: none of the training examples could be read"):
+        train.train_and_evaluate(demo_run.tiny_run_config(num_epochs=1), str(workdir))
+    assert os.listdir(workdir / "checkpoints") == []
+    assert not (workdir / "metrics.jsonl").exists()
+
+
+def test_a_workdir_keeps_its_geometry_unless_allowed(tmp_path):
+    workdir = str(tmp_path)
+    record = {
+        "model": "semi_resnet18",
+        "model_options": {"width": 0.5},
+        "num_classes": 8,
+        "num_frames": 16,
+        "crop_size": 112,
+        "dataset": "ucf101",
+    }
+    train.check_or_write_run_record(workdir, record)
+    train.check_or_write_run_record(workdir, dict(record))  # the same run resumes
+    other = dict(record, crop_size=160, num_frames=8)
+    with pytest.raises(
+        exits.ConfigError,
+        match="num_frames=16, crop_size=112; this config has num_frames=8, crop_size=160.*allow_new_geometry=True",
+    ):
+        train.check_or_write_run_record(workdir, other)
+    assert json.load(open(os.path.join(workdir, "run.json"))) == record
+    train.check_or_write_run_record(workdir, other, allow_new_geometry=True)
+    assert json.load(open(os.path.join(workdir, "run.json"))) == other  # predict reads the new clips
+
+
+def test_metrics_keep_one_line_per_epoch_after_a_restart(tmp_path):
+    lines = [json.dumps({"epoch": e, "step": 8 * e, "eval/top1": e / 10}) for e in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"epoch": 4, "st')  # killed mid-line
+    train.truncate_metrics(str(tmp_path), 2)  # the checkpoint restored is epoch 2's
+    assert (tmp_path / "metrics.jsonl").read_text() == lines[0] + "\n" + lines[1] + "\n"
+
+
+def test_operational_failures_end_in_one_line_and_their_status(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(exits.Failure, match=f"--workdir={a_file}/run cannot be written"):
+        train.prepare_workdir(str(a_file / "run"))
+
+    def disk_full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "16"))
+
+    assert exits.run(disk_full)([]) == exits.FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no space left on the device of {tmp_path}")
+    trace = err[0].split("(traceback: ")[1].rstrip(")")
+    assert "OSError" in open(trace).read()
+    os.remove(trace)
+
+    def preempted(argv):
+        raise exits.Preempted(5)
+
+    assert exits.run(preempted)([]) == exits.PREEMPTED == 75
+    assert "stopped at step 5" in capsys.readouterr().err
