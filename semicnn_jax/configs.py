@@ -91,7 +91,7 @@ OTHER_FIELDS = (
 
 def known_fields() -> set[str]:
     """Every dotted field name the project reads (any dataset source's fields included)."""
-    dataset = {f"dataset.{name}" for name in pipeline.config_fields()} | {"dataset.max_unreadable_fraction"}
+    dataset = {f"dataset.{name}" for name in pipeline.config_fields()}
     return set(RULES) | set(OTHER_FIELDS) | dataset
 
 

@@ -26,8 +26,11 @@ class ProjectFirst(logging.Filter):
     """Passes the project's records, and other libraries' warnings and errors (all at ``-v 1``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return (record.levelno >= logging.WARNING or record.pathname.startswith(PACKAGE_DIR)
-                or absl_logging.get_verbosity() >= absl_logging.DEBUG)
+        return (
+            record.levelno >= logging.WARNING
+            or record.pathname.startswith(PACKAGE_DIR)
+            or absl_logging.get_verbosity() >= absl_logging.DEBUG
+        )
 
 
 if not any(isinstance(f, ProjectFirst) for f in absl_logging.get_absl_handler().filters):

@@ -8,15 +8,15 @@ Exit status (``semicnn_jax.exits``): 0 done, 1 failed (one line says what to do)
 field (refused before any work), 75 preempted by SIGTERM after saving a checkpoint (rerun to resume).
 """
 
+# isort: off
+from semicnn_jax import console  # noqa: F401  (first: quiets libraries before they load)
+# isort: on
+
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from semicnn_jax import (  # noqa: E402
-    console,  # noqa: F401  (first: quiets libraries before they load)
-    exits,
-    train,
-)
+from semicnn_jax import exits, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and run.json.")

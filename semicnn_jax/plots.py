@@ -48,8 +48,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def epoch_curves(records: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-epoch curves ``{tag: (epochs, values)}`` of every number the evaluations recorded."""
-    tags = {tag for record in records for tag, value in record.items()
-            if "/" in tag or tag == "learning_rate"}
+    tags = {tag for record in records for tag, value in record.items() if "/" in tag or tag == "learning_rate"}
     curves = {}
     for tag in sorted(tags):
         points = [(r["epoch"], r[tag]) for r in records if isinstance(r.get(tag), (int, float))]
@@ -79,13 +78,31 @@ class Series:
 
 TRAIN, CLIP, VIDEO = dict(style="-"), dict(style="--"), dict(style=":", marker="s")  # video: hollow squares
 PANELS = (  # (title, y label, series, y scale)
-    ("Loss", "cross-entropy loss", (Series("train/loss", "train", **TRAIN), Series("eval/loss", "eval (clip)", **CLIP)),
-     "linear"),
-    ("Top-1 accuracy", "top-1 accuracy (%)", (Series("train/top1", "train", scale=100, **TRAIN),
-                                             Series("eval/top1", "eval (clip)", scale=100, **CLIP),
-                                             Series("eval/video_top1", "eval (video)", scale=100, **VIDEO)), "linear"),
-    ("Top-5 accuracy", "top-5 accuracy (%)", (Series("eval/top5", "eval (clip)", scale=100, **CLIP),
-                                             Series("eval/video_top5", "eval (video)", scale=100, **VIDEO)), "linear"),
+    (
+        "Loss",
+        "cross-entropy loss",
+        (Series("train/loss", "train", **TRAIN), Series("eval/loss", "eval (clip)", **CLIP)),
+        "linear",
+    ),
+    (
+        "Top-1 accuracy",
+        "top-1 accuracy (%)",
+        (
+            Series("train/top1", "train", scale=100, **TRAIN),
+            Series("eval/top1", "eval (clip)", scale=100, **CLIP),
+            Series("eval/video_top1", "eval (video)", scale=100, **VIDEO),
+        ),
+        "linear",
+    ),
+    (
+        "Top-5 accuracy",
+        "top-5 accuracy (%)",
+        (
+            Series("eval/top5", "eval (clip)", scale=100, **CLIP),
+            Series("eval/video_top5", "eval (video)", scale=100, **VIDEO),
+        ),
+        "linear",
+    ),
     ("Learning rate (set at the end of each epoch)", "learning rate", (Series("learning_rate", ""),), "log"),
 )
 
@@ -102,8 +119,10 @@ def plot_curves(workdirs: Sequence[str], out: str) -> str:
         runs.append((workdir, run_label(workdir), curves))
     labels = [label for _, label, _ in runs]
     # Two runs of the same model are told apart by their directory.
-    labels = [f"{label} ({os.path.basename(os.path.normpath(w))})" if labels.count(label) > 1 else label
-              for (w, _, _), label in zip(runs, labels)]
+    labels = [
+        f"{label} ({os.path.basename(os.path.normpath(w))})" if labels.count(label) > 1 else label
+        for (w, _, _), label in zip(runs, labels)
+    ]
     colours = plt.get_cmap("tab10").colors
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
@@ -113,9 +132,17 @@ def plot_curves(workdirs: Sequence[str], out: str) -> str:
             for line in series:
                 if line.tag in curves:
                     epochs, values = curves[line.tag]
-                    ax.plot(epochs, values * line.scale, line.style, color=colour, marker=line.marker,
-                            markersize=6 if line.marker == "s" else 3.5, markerfacecolor="none" if line.marker == "s"
-                            else colour, linewidth=1.8, drawstyle="steps-post" if yscale == "log" else "default")
+                    ax.plot(
+                        epochs,
+                        values * line.scale,
+                        line.style,
+                        color=colour,
+                        marker=line.marker,
+                        markersize=6 if line.marker == "s" else 3.5,
+                        markerfacecolor="none" if line.marker == "s" else colour,
+                        linewidth=1.8,
+                        drawstyle="steps-post" if yscale == "log" else "default",
+                    )
         ax.set_title(title, fontsize=13)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -125,15 +152,37 @@ def plot_curves(workdirs: Sequence[str], out: str) -> str:
         if series[0].scale == 100:
             ax.set_ylim(-2, 102)
         if len(series) > 1:  # what each line style means, in grey
-            handles = [plt.Line2D([], [], color="0.3", linestyle=line.style, linewidth=1.8,
-                                  **(dict(marker="s", markerfacecolor="none") if line.marker == "s" else {}))
-                       for line in series]
-            ax.legend(handles, [line.split for line in series], loc="best", fontsize=9, title="split",
-                      title_fontsize=9, handlelength=4)
+            handles = [
+                plt.Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    linestyle=line.style,
+                    linewidth=1.8,
+                    **(dict(marker="s", markerfacecolor="none") if line.marker == "s" else {}),
+                )
+                for line in series
+            ]
+            ax.legend(
+                handles,
+                [line.split for line in series],
+                loc="best",
+                fontsize=9,
+                title="split",
+                title_fontsize=9,
+                handlelength=4,
+            )
     handles = [plt.Line2D([], [], color=colours[i % len(colours)], linewidth=3) for i in range(len(runs))]
     fig.suptitle("Training curves (one colour per run)", fontsize=15)
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(runs), 4), fontsize=12, title="model",
-               title_fontsize=11)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(len(runs), 4),
+        fontsize=12,
+        title="model",
+        title_fontsize=11,
+    )
     _save(fig, out)
     return out
 
@@ -141,8 +190,9 @@ def plot_curves(workdirs: Sequence[str], out: str) -> str:
 # ---------------------------------------------------------------------------- features
 
 
-def plot_features(workdir: str, video_path: str, out: str, checkpoint: str = "best", clip_index: int | None = None
-                  ) -> str:
+def plot_features(
+    workdir: str, video_path: str, out: str, checkpoint: str = "best", clip_index: int | None = None
+) -> str:
     """Draws ``video_path``'s clip (the middle one by default), the model's channel-averaged stage
     features and the video-level top-5 into ``out`` (PNG). Raises ``predict.RunError`` /
     ``video.VideoError`` naming what cannot be read."""
@@ -167,9 +217,18 @@ def plot_features(workdir: str, video_path: str, out: str, checkpoint: str = "be
     ncols = T + 1  # the last, narrow column holds each feature row's colour bar
     nrows = 1 + len(maps) + 1
     fig = plt.figure(figsize=(max(10.0, 1.15 * T + 2.5), 1.35 * (1 + len(maps)) + 2.6 + 0.9))
-    grid = fig.add_gridspec(nrows, ncols, width_ratios=[1] * T + [0.12],
-                            height_ratios=[1] * (1 + len(maps)) + [1.5], hspace=0.45, wspace=0.08,
-                            left=0.12, right=0.95, top=0.9, bottom=0.07)
+    grid = fig.add_gridspec(
+        nrows,
+        ncols,
+        width_ratios=[1] * T + [0.12],
+        height_ratios=[1] * (1 + len(maps)) + [1.5],
+        hspace=0.45,
+        wspace=0.08,
+        left=0.12,
+        right=0.95,
+        top=0.9,
+        bottom=0.07,
+    )
 
     frame_numbers = video.loop_indices(int(video.eval_clip_starts(len(frames), T)[index]), T, len(frames))
     for t in range(T):
@@ -195,7 +254,7 @@ def plot_features(workdir: str, video_path: str, out: str, checkpoint: str = "be
         cax = fig.add_subplot(grid[row, T])
         fig.colorbar(image, cax=cax).ax.tick_params(labelsize=7)
 
-    ax = fig.add_subplot(grid[nrows - 1, 1:T - 1] if T > 3 else grid[nrows - 1, :T])
+    ax = fig.add_subplot(grid[nrows - 1, 1 : T - 1] if T > 3 else grid[nrows - 1, :T])
     names, probs = zip(*prediction.top5)
     y = np.arange(len(names))[::-1]
     ax.barh(y, np.array(probs) * 100, color="tab:blue")
@@ -204,14 +263,27 @@ def plot_features(workdir: str, video_path: str, out: str, checkpoint: str = "be
     ax.set_xlabel("probability (%)")
     for yi, p in zip(y, probs):  # the value after the bar, or inside a long one
         inside = p > 0.85
-        ax.text(100 * p - 1 if inside else 100 * p + 1, yi, f"{100 * p:.1f}%", va="center", fontsize=9,
-                ha="right" if inside else "left", color="white" if inside else "black")
-    ax.set_title(f"top-5, video level (softmax averaged over {prediction.num_clips} clip"
-                 f"{'s' if prediction.num_clips != 1 else ''})", fontsize=11)
+        ax.text(
+            100 * p - 1 if inside else 100 * p + 1,
+            yi,
+            f"{100 * p:.1f}%",
+            va="center",
+            fontsize=9,
+            ha="right" if inside else "left",
+            color="white" if inside else "black",
+        )
+    ax.set_title(
+        f"top-5, video level (softmax averaged over {prediction.num_clips} clip"
+        f"{'s' if prediction.num_clips != 1 else ''})",
+        fontsize=11,
+    )
 
     clip_note = f"clip {index + 1} of {len(clips)}" if len(clips) > 1 else "its only clip"
-    fig.suptitle(f"{os.path.basename(video_path)}: {clip_note} and {run.model}'s stage features (mean over "
-                 f"channels, T×H×W; each row on its own colour scale)\n{run.describe()}", fontsize=11)
+    fig.suptitle(
+        f"{os.path.basename(video_path)}: {clip_note} and {run.model}'s stage features (mean over "
+        f"channels, T×H×W; each row on its own colour scale)\n{run.describe()}",
+        fontsize=11,
+    )
     _save(fig, out)
     return out
 
@@ -245,28 +317,37 @@ def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("out", None, "PNG to write (default: curves.png or features.png).", flag_values=values)
     flags.DEFINE_string("workdir", None, "features: the training run's directory.", flag_values=values)
     flags.DEFINE_string("checkpoint", "best", "features: best, latest or a step number.", flag_values=values)
-    flags.DEFINE_integer("clip", None, "features: which of the video's clips to show, from 0 (default: the middle "
-                         "one).", flag_values=values)
+    flags.DEFINE_integer(
+        "clip",
+        None,
+        "features: which of the video's clips to show, from 0 (default: the middle one).",
+        flag_values=values,
+    )
 
 
-USAGE = ("usage: python -m semicnn_jax.plots curves RUN [RUN ...] [--out=curves.png]\n"
-         "       python -m semicnn_jax.plots features --workdir=RUN VIDEO [--out=features.png] [--checkpoint=best]")
+USAGE = (
+    "usage: python -m semicnn_jax.plots curves RUN [RUN ...] [--out=curves.png]\n"
+    "       python -m semicnn_jax.plots features --workdir=RUN VIDEO [--out=features.png] [--checkpoint=best]"
+)
 
 
 def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
     """``curves RUN...`` or ``features VIDEO``; 1 and a message naming what cannot be read."""
     command, args = (argv[1], list(argv[2:])) if len(argv) > 1 else (None, [])
-    if command not in ("curves", "features") or not args or (command == "features" and
-                                                             (len(args) != 1 or not values.workdir)):
+    if (
+        command not in ("curves", "features")
+        or not args
+        or (command == "features" and (len(args) != 1 or not values.workdir))
+    ):
         raise app.UsageError(USAGE)
     try:
         if command == "curves":
             out = plot_curves(args, values.out or "curves.png")
         else:
             from absl import logging
+
             logging.set_verbosity(logging.ERROR)
-            out = plot_features(values.workdir, args[0], values.out or "features.png", values.checkpoint,
-                                values.clip)
+            out = plot_features(values.workdir, args[0], values.out or "features.png", values.checkpoint, values.clip)
     except ValueError as e:  # RunError, VideoError and bad arguments are ValueErrors naming the culprit
         print(f"error: {e}", file=sys.stderr)
         return 1

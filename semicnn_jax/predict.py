@@ -78,6 +78,13 @@ class Prediction:
     probabilities: np.ndarray  # float32 [num_classes], softmax averaged over the clips
     num_clips: int
     class_names: tuple[str, ...]
+    num_frames: int = 0  # frames decoded (0: not read from a file)
+    declared_frames: int = 0  # frames the container declares (0: it does not say)
+
+    @property
+    def truncated(self) -> bool:
+        """Fewer frames decoded than the container declares (a cut or damaged file)."""
+        return 0 < self.num_frames < self.declared_frames
 
     @property
     def top5(self) -> list[tuple[str, float]]:
@@ -299,8 +306,11 @@ def classify_frames(
 def classify(predict_fn: Callable, variables, run: RunInfo, path: str, batch_size: int = 8) -> Prediction:
     """The prediction for a video file, its clips read as evaluation reads them
     (``video.read_eval_clips``); ``video.VideoError`` naming it if it cannot be read."""
-    clips = video.read_eval_clips(path, run.num_frames, run.crop_size)
-    return predict_clips(predict_fn, variables, run, clips, str(path), batch_size)
+    frames = video.read_eval_frames(path, run.crop_size)
+    prediction = predict_clips(
+        predict_fn, variables, run, video.clips_of(frames, run.num_frames), str(path), batch_size
+    )
+    return dataclasses.replace(prediction, num_frames=len(frames), declared_frames=video.probe_num_frames(path))
 
 
 # ---------------------------------------------------------------------------- command line
@@ -356,6 +366,12 @@ def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
+        if prediction.truncated:
+            print(
+                f"warning: {path}: decoded {prediction.num_frames} of the {prediction.declared_frames} frames its "
+                "container declares (a cut or damaged file); answered from those",
+                file=sys.stderr,
+            )
         results.append(prediction)
         if not values.json:
             print(format_text(prediction), flush=True)

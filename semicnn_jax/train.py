@@ -29,6 +29,7 @@ from flax import struct
 
 from semicnn_jax import checkpoints, configs, exits, finetune, models, optim
 from semicnn_jax.data import pipeline
+from semicnn_jax.data.source import DatasetInfo
 from semicnn_jax.inference import normalize
 
 AXIS = "batch"
@@ -253,7 +254,7 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-def run_record(config, info: pipeline.DatasetInfo) -> dict:
+def run_record(config, info: DatasetInfo) -> dict:
     return {
         "model": config.model.name,
         "model_options": model_options(config),
@@ -283,9 +284,11 @@ def check_or_write_run_record(workdir: str, record: dict, allow_new_geometry: bo
             ]
 
         if differ(MODEL_KEYS):
+            held = {k: previous.get(k) for k in MODEL_KEYS[1:]}
+            wanted = {k: record[k] for k in MODEL_KEYS[1:]}
             raise exits.ConfigError(
-                f"{workdir} holds a run of model {previous.get('model')!r} ({ {k: previous.get(k) for k in MODEL_KEYS[1:]} }); "
-                f"this config trains {record['model']!r} ({ {k: record[k] for k in MODEL_KEYS[1:]} }). Use another --workdir."
+                f"{workdir} holds a run of model {previous.get('model')!r} ({held}); "
+                f"this config trains {record['model']!r} ({wanted}). Use another --workdir."
             )
         changed = differ(GEOMETRY_KEYS)
         if changed and not allow_new_geometry:
@@ -485,7 +488,7 @@ def check_readable(what: str, count: float, epoch: int, source) -> None:
 
 def warn_unreadable_share(skipped: int, info, config) -> None:
     total = max(info.num_train + info.num_eval, 1)
-    limit = config.dataset.get("max_unreadable_fraction", 0.05)
+    limit = config.dataset.get("max_unreadable_fraction", pipeline.COMMON_FIELDS["max_unreadable_fraction"])
     if skipped / total > limit:
         logging.warning(
             "%d of the dataset's %d videos (%.1f%%) could not be read, more than "

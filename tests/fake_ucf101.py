@@ -1,7 +1,7 @@
 """A tiny fake UCF-101 release in the official layout, encoded with PyAV (for the tests and the benchmark).
 
-    UCF-101/<Class>/v_<Class>_gGG_cCC.avi   (HandstandPushups files say HandStandPushups, as in the release)
-    ucfTrainTestlist/classInd.txt, trainlist01.txt, testlist01.txt
+UCF-101/<Class>/v_<Class>_gGG_cCC.avi   (HandstandPushups files say HandStandPushups, as in the release)
+ucfTrainTestlist/classInd.txt, trainlist01.txt, testlist01.txt
 """
 
 from __future__ import annotations
@@ -18,27 +18,35 @@ CLASSES = ("ApplyEyeMakeup", "Basketball", "HandstandPushups")
 def frames_for(seed: int, num_frames: int, height: int = 240, width: int = 320) -> np.ndarray:
     """A smooth colour pattern sliding right by 4 pixels a frame (compresses well): ``uint8 [T, H, W, 3]``."""
     rng = np.random.default_rng(seed)
-    y, x = np.ogrid[0:height, 0:width + 4 * num_frames]
+    y, x = np.ogrid[0:height, 0 : width + 4 * num_frames]
     phase, colour = rng.uniform(0, 2 * np.pi, 3), rng.uniform(60, 200, 3).astype(np.float32)
     wave = np.sin(x[..., None] / 23.0 + phase) * np.cos(y[..., None] / 31.0 + phase)
     pattern = np.clip(colour + 50 * wave, 0, 255).astype(np.uint8)
     start = 4 * (num_frames - 1 - np.arange(num_frames))
-    return np.stack([pattern[:, s:s + width] for s in start])
+    return np.stack([pattern[:, s : s + width] for s in start])
 
 
 def textured_frames(seed: int, num_frames: int, height: int = 240, width: int = 320) -> np.ndarray:
     """Detailed content panning 3 pixels a frame (compresses about like UCF-101 at ~600 kbit/s)."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     wide = width + 3 * num_frames
     coarse = rng.integers(0, 256, (height // 6 + 1, wide // 6 + 1, 3), np.uint8)
     image = np.asarray(Image.fromarray(coarse).resize((wide, height), Image.BICUBIC), np.float32)
     image = np.clip(0.85 * image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
-    return np.stack([image[:, 3 * t:3 * t + width] for t in range(num_frames)])
+    return np.stack([image[:, 3 * t : 3 * t + width] for t in range(num_frames)])
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 25, codec: str = "mpeg4", audio: bool = False,
-                gop_size: int = 12, bit_rate: int = 2_000_000) -> str:
+def write_video(
+    path: str,
+    frames: np.ndarray,
+    fps: int = 25,
+    codec: str = "mpeg4",
+    audio: bool = False,
+    gop_size: int = 12,
+    bit_rate: int = 2_000_000,
+) -> str:
     """Encodes ``uint8 [T, H, W, 3]`` frames (MPEG-4 part 2 by default, like UCF-101's Xvid)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with av.open(path, "w") as container:
@@ -72,8 +80,16 @@ def ucf_name(cls: str, group: int, clip: int, ext: str = ".avi") -> str:
     return f"{cls}/v_{stem}_g{group:02d}_c{clip:02d}{ext}"
 
 
-def make_tree(root: str, train_groups=(8, 9), test_groups=(1,), clips=(1, 2), lengths=(20, 9, 33),
-              height: int = 240, width: int = 320, corrupt: bool = True) -> dict:
+def make_tree(
+    root: str,
+    train_groups=(8, 9),
+    test_groups=(1,),
+    clips=(1, 2),
+    lengths=(20, 9, 33),
+    height: int = 240,
+    width: int = 320,
+    corrupt: bool = True,
+) -> dict:
     """Writes the fake release under ``root``; returns what it wrote (for the assertions).
 
     Video ``k`` has ``lengths[k % len(lengths)]`` frames; the first test video of the second class is an

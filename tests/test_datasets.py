@@ -15,6 +15,7 @@ import pytest
 
 from experiments import base
 from semicnn_jax.data import pipeline, prepare
+from semicnn_jax.data.source import epoch_order
 
 NUM_FRAMES, CROP = 4, 16
 
@@ -314,7 +315,7 @@ def test_every_source_serves_training_and_evaluation_batches(trees, key):
     batch = train[0]
     assert batch["video"].shape == (2, NUM_FRAMES, CROP, CROP, 3) and batch["video"].dtype == np.uint8
     assert batch["mask"].all() and batch["video"].std() > 0
-    order = pipeline.epoch_order(0, 0, source.info.num_train)[:2]
+    order = epoch_order(0, 0, source.info.num_train)[:2]
     np.testing.assert_array_equal(batch["label"], [[v.label for v in videos if v.found][i] for i in order])
     evals = list(source.eval_batches(4))
     mask = np.concatenate([b["mask"] for b in evals])

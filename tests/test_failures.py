@@ -8,15 +8,17 @@ import shutil
 import subprocess
 import sys
 
+import av
 import demo_run
 import jax
 import numpy as np
 import pytest
+from commands import run_command
 from test_train import _Hooked
 
 from experiments import base
 from semicnn_jax import checkpoints, configs, exits, models, predict, train
-from semicnn_jax.data import pipeline
+from semicnn_jax.data import pipeline, video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -273,3 +275,52 @@ def test_operational_failures_end_in_one_line_and_their_status(tmp_path, capsys)
 
     assert exits.run(preempted)([]) == exits.PREEMPTED == 75
     assert "stopped at step 5" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- videos as displayed, cut videos
+
+
+def write_rotated(path, frames, degrees):
+    """An H.264 .mp4 whose container says: display turned ``degrees`` counter-clockwise (a display
+    matrix, as phones write for portrait video)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"crf": "4"})
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(degrees)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def test_a_rotated_stream_is_read_as_displayed_in_whole_frames_and_every_crop(tmp_path):
+    frames = np.full((6, 48, 80, 3), 40, np.uint8)
+    frames[:, :16, :16] = 255  # a white block in the stored frame's top-left corner
+    path = write_rotated(tmp_path / "portrait.mp4", frames, -90)  # displayed turned 90 degrees clockwise
+    shown = video.read_video(path)
+    assert shown.shape == (6, 80, 48, 3)  # portrait, as a player shows it
+    assert shown[:, :16, -16:].mean() > 240 and shown[:, :16, :16].mean() < 60  # the block moved top-right
+    # Every crop straight from the decoded frames equals the crop of the displayed frames.
+    for corner in video.CROP_POSITIONS:
+        for flip in (False, True):
+            params = {"scale": 0.6, "corner": corner, "flip": flip, "position": 0.0}
+            got = video.read_train_clip(path, params, 4, 16)
+            expected = video.train_clip(video.read_clip(path, 4, 0.0), params, 16)
+            assert np.abs(got.astype(int) - expected).mean() < 3, (corner, flip)
+    clips = video.read_eval_clips(path, 6, 16)
+    np.testing.assert_allclose(clips[0].mean((0, 3)), video.eval_clips(shown, 6, 16)[0].mean((0, 3)), atol=4)
+
+
+def test_predict_warns_when_a_video_decodes_fewer_frames_than_declared(tiny, tmp_path, capsys):
+    workdir, config, _ = tiny
+    noise = np.random.default_rng(0).integers(0, 256, (60, 64, 64, 3), dtype=np.uint8)  # frames of many bytes
+    path = demo_run.write_video(str(tmp_path / "cut.avi"), noise)
+    os.truncate(path, os.path.getsize(path) // 2)  # a copy cut short: the AVI header still says 60 frames
+    assert video.probe_num_frames(path) == 60
+    assert run_command(predict, [f"--workdir={workdir}", path]) == 0
+    err = capsys.readouterr().err
+    decoded = len(video.read_video(path))
+    assert 0 < decoded < 60 and f"warning: {path}: decoded {decoded} of the 60 frames its container declares" in err

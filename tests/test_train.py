@@ -7,15 +7,16 @@ import signal
 import subprocess
 import sys
 
+import demo_run
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import demo_run
 from experiments import base
 from semicnn_jax import exits, models, train
 from semicnn_jax.data import pipeline
+from semicnn_jax.data.source import DatasetInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -250,7 +251,7 @@ class _ClipsOfVideos:
     """Eval source of 3 videos (classes 0, 1, 2) cut into 3, 2 and 1 clips, in batches of 4 (padded)."""
 
     def __init__(self, probs):
-        self.info = pipeline.DatasetInfo("fake", ("a", "b", "c", "d", "e", "f"), 0, 3)
+        self.info = DatasetInfo("fake", ("a", "b", "c", "d", "e", "f"), 0, 3)
         self.probs = probs  # [6 clips, 6 classes]
 
     def eval_batches(self, global_batch):

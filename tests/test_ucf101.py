@@ -2,11 +2,11 @@
 
 import os
 
+import fake_ucf101
 import jax
 import numpy as np
 import pytest
 
-import fake_ucf101
 from semicnn_jax.data import video
 
 # ---------------------------------------------------------------------------- video.py
@@ -22,8 +22,7 @@ def test_read_video_frames_shapes_and_content(tmp_path):
 
 
 def test_read_video_mp4_with_audio_other_size_and_rate(tmp_path):
-    path = fake_ucf101.write_video(str(tmp_path / "b.mp4"), fake_ucf101.frames_for(1, 5, 96, 128), fps=30,
-                                   audio=True)
+    path = fake_ucf101.write_video(str(tmp_path / "b.mp4"), fake_ucf101.frames_for(1, 5, 96, 128), fps=30, audio=True)
     assert video.read_video(path).shape == (5, 96, 128, 3)
 
 
@@ -66,8 +65,9 @@ def test_eval_clips_non_overlapping_loop_padded_centre_crop():
 
 @pytest.mark.parametrize("name,gop", [("s.avi", 5), ("s.mp4", 4)])
 def test_read_clip_equals_the_clip_of_the_whole_video(tmp_path, name, gop):
-    path = fake_ucf101.write_video(str(tmp_path / name), fake_ucf101.frames_for(3, 30, 48, 64), gop_size=gop,
-                                   audio=name.endswith(".mp4"))
+    path = fake_ucf101.write_video(
+        str(tmp_path / name), fake_ucf101.frames_for(3, 30, 48, 64), gop_size=gop, audio=name.endswith(".mp4")
+    )
     full = video.read_video(path)
     for num_frames, position in [(8, 0.0), (8, 0.5), (8, 0.99), (40, 0.3)]:
         start = video.clip_start(len(full), num_frames, position)
@@ -88,22 +88,26 @@ def test_train_params_cover_the_papers_crops_and_train_clip_applies_them():
 
 def test_crop_boxes_have_even_sides():
     assert video.crop_box(240, 320) == (40, 0, 280, 240)
-    assert video.crop_box(240, 320, 2 ** -0.25, "top_right") == (120, 0, 320, 200)  # 201.8 -> 200
-    assert video.crop_box(240, 320, 2 ** -0.75, "bottom_left") == (0, 98, 142, 240)
-    assert video.crop_box(52, 72, 2 ** -0.25, "center") == (15, 5, 57, 47)  # odd offsets: chroma sits between
+    assert video.crop_box(240, 320, 2**-0.25, "top_right") == (120, 0, 320, 200)  # 201.8 -> 200
+    assert video.crop_box(240, 320, 2**-0.75, "bottom_left") == (0, 98, 142, 240)
+    assert video.crop_box(52, 72, 2**-0.25, "center") == (15, 5, 57, 47)  # odd offsets: chroma sits between
 
 
 def _pil_crops(frames, box, size, flip=False):
     """Independent reference: Pillow's bilinear resize of each RGB frame's box."""
     from PIL import Image
+
     left, top, right, bottom = box
-    out = np.stack([np.asarray(Image.fromarray(f[top:bottom, left:right]).resize((size, size), Image.BILINEAR))
-                    for f in frames])
+    out = np.stack(
+        [np.asarray(Image.fromarray(f[top:bottom, left:right]).resize((size, size), Image.BILINEAR)) for f in frames]
+    )
     return out[:, :, ::-1] if flip else out
 
 
-@pytest.mark.parametrize("scale,corner,flip", [(1.0, "center", False), (2 ** -0.25, "center", True),
-                                               (0.5, "bottom_right", False), (2 ** -0.75, "top_right", True)])
+@pytest.mark.parametrize(
+    "scale,corner,flip",
+    [(1.0, "center", False), (2**-0.25, "center", True), (0.5, "bottom_right", False), (2**-0.75, "top_right", True)],
+)
 def test_read_train_clip_crops_the_decoded_frames_like_pillow(tmp_path, scale, corner, flip):
     path = fake_ucf101.write_video(str(tmp_path / "c.avi"), fake_ucf101.frames_for(4, 24, 52, 72), gop_size=6)
     params = {"position": 0.4, "scale": scale, "corner": corner, "flip": flip}
@@ -111,9 +115,14 @@ def test_read_train_clip_crops_the_decoded_frames_like_pillow(tmp_path, scale, c
     assert got.shape == (8, 32, 32, 3) and got.dtype == np.uint8
     import av
     from av.video.reformatter import Interpolation
-    exact = Interpolation.BICUBIC | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP | Interpolation.ACCURATE_RND
+
+    exact = (
+        Interpolation.BICUBIC | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP | Interpolation.ACCURATE_RND
+    )
     with av.open(path) as container:  # whole frames to RGB with interpolated chroma, then Pillow
-        full = np.stack([f.reformat(format="rgb24", interpolation=exact).to_ndarray() for f in container.decode(video=0)])
+        full = np.stack(
+            [f.reformat(format="rgb24", interpolation=exact).to_ndarray() for f in container.decode(video=0)]
+        )
     idx = video.loop_indices(video.clip_start(len(full), 8, 0.4), 8, len(full))
     expected = _pil_crops(full[idx], video.crop_box(52, 72, scale, corner), 32, flip)
     # 0.25 here; 0.67 with the chroma misplaced by the odd offsets of the (15, 5, 57, 47) box
@@ -139,6 +148,7 @@ def test_read_eval_clips_agrees_with_eval_clips_of_the_frames(tmp_path):
 
 from experiments import base  # noqa: E402
 from semicnn_jax.data import pipeline, ucf101  # noqa: E402
+from semicnn_jax.data.source import epoch_order  # noqa: E402
 
 NUM_FRAMES, CROP = 16, 32
 
@@ -173,6 +183,7 @@ def test_release_index_labels_split_membership_and_the_handstand_trap(release):
 @pytest.mark.parametrize("broken", ["classInd.txt", "trainlist01.txt", "testlist01.txt"])
 def test_missing_index_file_is_an_error_naming_it(release, tmp_path, broken):
     import shutil
+
     root = str(tmp_path / "copy")
     os.makedirs(os.path.join(root, "ucfTrainTestlist"))
     os.symlink(os.path.join(release[0], "UCF-101"), os.path.join(root, "UCF-101"))
@@ -184,8 +195,12 @@ def test_missing_index_file_is_an_error_naming_it(release, tmp_path, broken):
 
 def test_config_errors_name_the_key_or_path(release, tmp_path):
     root, written = release
-    for key, value, match in [("name", "ucf102", "ucf102"), ("split", 4, "split"), ("data_dir", "", "data_dir"),
-                              ("data_dir", str(tmp_path / "nowhere"), "nowhere")]:
+    for key, value, match in [
+        ("name", "ucf102", "ucf102"),
+        ("split", 4, "split"),
+        ("data_dir", "", "data_dir"),
+        ("data_dir", str(tmp_path / "nowhere"), "nowhere"),
+    ]:
         config = ucf_config(root)
         config.dataset[key] = value
         with pytest.raises(ValueError, match=match):
@@ -229,14 +244,15 @@ def test_train_batches_shapes_labels_corrupt_file_and_determinism(release):
     assert (info.num_train, info.num_eval, info.num_classes) == (12, 6, 3)
     batches = list(source.train_batches(epoch=0, start_step=0, global_batch=4))
     assert len(batches) == 3
-    order = pipeline.epoch_order(0, 0, info.num_train)
+    order = epoch_order(0, 0, info.num_train)
     labels = np.array([y for _, y in written["train"]])
     for step, batch in enumerate(batches):
         assert batch["video"].shape == (4, NUM_FRAMES, CROP, CROP, 3) and batch["video"].dtype == np.uint8
         assert batch["label"].dtype == np.int32 and batch["mask"].dtype == bool
-        np.testing.assert_array_equal(batch["label"], labels[order[4 * step:4 * step + 4]])
-    corrupt = written["train"].index(next(e for e in written["train"] if os.path.join(root, "UCF-101", e[0])
-                                          == written["corrupt"][0]))
+        np.testing.assert_array_equal(batch["label"], labels[order[4 * step : 4 * step + 4]])
+    corrupt = written["train"].index(
+        next(e for e in written["train"] if os.path.join(root, "UCF-101", e[0]) == written["corrupt"][0])
+    )
     masked = np.concatenate([b["mask"] for b in batches])
     assert not masked[list(order).index(corrupt)] and masked.sum() == 11
     assert not np.concatenate([b["video"] for b in batches])[~masked].any()
@@ -244,8 +260,9 @@ def test_train_batches_shapes_labels_corrupt_file_and_determinism(release):
     assert_same_batches(batches, list(pipeline.create(ucf_config(root)).train_batches(0, 0, 4)))
     assert_same_batches(batches[1:], list(source.train_batches(0, 1, 4)))  # resume at step 1
     other = list(source.train_batches(1, 0, 4))
-    assert not np.array_equal(other[0]["label"], batches[0]["label"]) or \
-        not np.array_equal(other[0]["video"], batches[0]["video"])
+    assert not np.array_equal(other[0]["label"], batches[0]["label"]) or not np.array_equal(
+        other[0]["video"], batches[0]["video"]
+    )
     assert len(source.skipped_files()) == 1  # cumulative, named once
 
 
@@ -274,7 +291,7 @@ def test_eval_batches_enumerate_every_clip_of_every_test_video(release):
     mask = np.concatenate([b["mask"] for b in batches])
     videos = np.concatenate([b["video_index"] for b in batches])[mask]
     labels = np.concatenate([b["label"] for b in batches])[mask]
-    assert mask.sum() == len(expected) and not mask[len(expected):].any()  # padding at the end
+    assert mask.sum() == len(expected) and not mask[len(expected) :].any()  # padding at the end
     np.testing.assert_array_equal(videos, [v for v, _ in expected])
     np.testing.assert_array_equal(labels, [written["test"][v][1] for v, _ in expected])
     clips = np.concatenate([b["video"] for b in batches])[mask]
@@ -288,8 +305,12 @@ def test_eval_batches_enumerate_every_clip_of_every_test_video(release):
 
 def run_two_epochs(source):
     """Epoch 0 from step 1, an evaluation, epoch 1, an evaluation: what the training loop asks for."""
-    return (list(source.train_batches(0, 1, 4)) + list(source.eval_batches(4)) + list(source.train_batches(1, 0, 4))
-            + list(source.eval_batches(4)))
+    return (
+        list(source.train_batches(0, 1, 4))
+        + list(source.eval_batches(4))
+        + list(source.train_batches(1, 0, 4))
+        + list(source.eval_batches(4))
+    )
 
 
 def test_worker_processes_give_the_same_batches_across_epochs_and_evaluations(release):
@@ -305,6 +326,7 @@ def test_prepared_copy_reads_like_the_release(release, tmp_path):
     import json
 
     from semicnn_jax.data import prepare
+
     root, written = release
     out = str(tmp_path / "prepared")
     index = prepare.prepare(root, out, workers=1)

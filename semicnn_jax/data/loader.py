@@ -95,8 +95,9 @@ class Loader:
         self._streams: dict[str, _Stream] = {}
         atexit.register(_close_all, weakref.ref(self))
 
-    def batches(self, name: str, key, build: Callable[[int], dict], start: int, count: int,
-                stop: int) -> Iterator[dict]:
+    def batches(
+        self, name: str, key, build: Callable[[int], dict], start: int, count: int, stop: int
+    ) -> Iterator[dict]:
         """Batches ``build(start) .. build(start + count - 1)`` from the stream ``name``, which continues
         up to ``stop`` in the background. ``key`` identifies ``build``: another key restarts the stream."""
         stream = self._streams.get(name)

@@ -24,9 +24,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from semicnn_jax.data import folder, hmdb51, kinetics, lists, synthetic_motion, tfds_source, ucf101, video_list
-from semicnn_jax.data.source import (DatasetInfo, Source, epoch_order, eval_index_batches,  # noqa: F401 (re-exported)
-                                     process_slice)
-from semicnn_jax.data.synthetic_motion import SyntheticMotion  # noqa: F401 (re-exported)
+from semicnn_jax.data.source import Source
 
 TFDS_PREFIX = tfds_source.PREFIX  # "tfds:" + a TFDS name with its config, prepared under dataset.data_dir
 TFDS = TFDS_PREFIX + "<name>/<config>"
@@ -52,8 +50,13 @@ def _no_files(config: ml_collections.ConfigDict) -> None:
 def _files(reader, videos=None) -> Entry:
     """A file dataset: ``reader.read_index`` (its release -> a video index) served by ``video_list``."""
     read = reader.read_index
-    return Entry(functools.partial(video_list.validate, read=read), functools.partial(video_list.VideoList, read=read),
-                 {**reader.FIELDS, **video_list.FIELDS}, read, videos or video_list.listed_videos(read))
+    return Entry(
+        functools.partial(video_list.validate, read=read),
+        functools.partial(video_list.VideoList, read=read),
+        {**reader.FIELDS, **video_list.FIELDS},
+        read,
+        videos or video_list.listed_videos(read),
+    )
 
 
 SOURCES: dict[str, Entry] = {
@@ -86,11 +89,15 @@ def create(config: ml_collections.ConfigDict) -> Source:
     return entry(config.dataset.name).create(config)
 
 
+# dataset.* fields the training loop reads whatever the source.
+COMMON_FIELDS = {"max_unreadable_fraction": 0.05}  # warn when a larger share of the videos cannot be read
+
+
 def config_fields(name: str | None = None) -> dict[str, Any]:
     """The ``dataset.*`` fields (name -> default) that source ``name`` reads, or that any source reads."""
     if name is not None:
-        return {"name": name, **entry(name).fields}
-    fields: dict[str, Any] = {"name": "ucf101"}
+        return {"name": name, **COMMON_FIELDS, **entry(name).fields}
+    fields: dict[str, Any] = {"name": "ucf101", **COMMON_FIELDS}
     for e in SOURCES.values():
         fields.update(e.fields)
     return fields

@@ -84,8 +84,12 @@ def eval_clips(lengths: Sequence[int], num_frames: int, started: float | None = 
     seconds since ``started`` (when reading the lengths began) if given."""
     clips = [Clip(v, k) for v, n in enumerate(lengths) for k in range(video.num_eval_clips(int(n), num_frames))]
     if started is not None:
-        logging.info("%d evaluation clips in %d videos (frame counts read in %.1f s)", len(clips), len(lengths),
-                     time.time() - started)
+        logging.info(
+            "%d evaluation clips in %d videos (frame counts read in %.1f s)",
+            len(clips),
+            len(lengths),
+            time.time() - started,
+        )
     return clips
 
 

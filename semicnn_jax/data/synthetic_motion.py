@@ -263,7 +263,10 @@ def _clip_frames(c):
     pix = jnp.arange(size, dtype=jnp.float32) + 0.5
     state = c["state"]  # turning about the pivot moves the shape only for the rotation classes
     xy = c["pivot"] + _rotate(state[:, 2:3] - c["theta"], state[:, :2] - c["pivot"])
-    draw = lambda s, xy: _draw(pix, xy[0], xy[1], s[2], jnp.exp(s[3]), c["coef"])
+
+    def draw(s, xy):
+        return _draw(pix, xy[0], xy[1], s[2], jnp.exp(s[3]), c["coef"])
+
     alpha, wedge = jax.vmap(draw)(state, xy)
     alpha, wedge = alpha[..., None], wedge[..., None]
     colour = c["main"] + wedge * (c["accent"] - c["main"])
@@ -279,16 +282,12 @@ _setup = jax.jit(jax.vmap(_clip_setup, in_axes=(0, 0, None, None)), static_argnu
 _frames = jax.jit(jax.vmap(_clip_frames))
 
 
-def render_keys(
-    keys: jax.Array, labels: jax.Array, num_frames: int = 16, size: int = 64
-) -> jax.Array:
+def render_keys(keys: jax.Array, labels: jax.Array, num_frames: int = 16, size: int = 64) -> jax.Array:
     """Render clip ``n`` from ``keys[n]`` and ``labels[n]``: float32 ``[N, T, H, W, 3]``."""
     return _frames(_setup(keys, jnp.asarray(labels, jnp.int32), num_frames, size))
 
 
-def render_batch(
-    key: jax.Array, labels: jax.Array, num_frames: int = 16, size: int = 64
-) -> jax.Array:
+def render_batch(key: jax.Array, labels: jax.Array, num_frames: int = 16, size: int = 64) -> jax.Array:
     """Render one clip per label: float32 ``[N, T, size, size, 3]`` in ``[0, 1]``.
 
     Clip ``n`` uses ``jax.random.split(key, N)[n]``; ``labels`` are ints in
@@ -298,9 +297,7 @@ def render_batch(
     return render_keys(jax.random.split(key, labels.shape[0]), labels, num_frames, size)
 
 
-def sample_batch(
-    key: jax.Array, batch_size: int, num_frames: int = 16, size: int = 64
-) -> tuple[jax.Array, jax.Array]:
+def sample_batch(key: jax.Array, batch_size: int, num_frames: int = 16, size: int = 64) -> tuple[jax.Array, jax.Array]:
     """Random batch: (clips ``float32[B, T, size, size, 3]``, labels ``int32[B]``).
 
     Labels are i.i.d. uniform over the classes.
@@ -321,9 +318,7 @@ def _index_keys(seed, indices):
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
 
 
-def batch_for_indices(
-    seed: int, indices, num_frames: int = 16, size: int = 64
-) -> tuple[jax.Array, jax.Array]:
+def batch_for_indices(seed: int, indices, num_frames: int = 16, size: int = 64) -> tuple[jax.Array, jax.Array]:
     """Examples ``indices`` of the dataset ``seed``: (clips, labels).
 
     Clip ``i`` depends only on ``(seed, i, num_frames, size)``: its key is
@@ -337,9 +332,7 @@ def batch_for_indices(
     return render_keys(keys, labels, num_frames, size), labels
 
 
-def example(
-    seed: int, index: int, num_frames: int = 16, size: int = 64
-) -> tuple[jax.Array, int]:
+def example(seed: int, index: int, num_frames: int = 16, size: int = 64) -> tuple[jax.Array, int]:
     """Single example ``index``: (clip ``float32[T, size, size, 3]``, label)."""
     clips, labels = batch_for_indices(seed, [index], num_frames, size)
     return clips[0], int(labels[0])
@@ -357,8 +350,12 @@ class SyntheticMotion:
         ds = config.dataset
         self.seed = int(config.seed)
         self.num_frames, self.size = int(config.num_frames), int(config.crop_size)
-        self.info = source.DatasetInfo("synthetic_motion", CLASS_NAMES, int(ds.get("train_size", FIELDS["train_size"])),
-                                       int(ds.get("eval_size", FIELDS["eval_size"])))
+        self.info = source.DatasetInfo(
+            "synthetic_motion",
+            CLASS_NAMES,
+            int(ds.get("train_size", FIELDS["train_size"])),
+            int(ds.get("eval_size", FIELDS["eval_size"])),
+        )
         # Evaluation clips come from another seed, so they never coincide with training clips.
         self.eval_seed = (self.seed + 1_000_003) % 2**32
         # Fresh training clips every epoch (epoch e renders indices e * train_size + ...), or the same set.
@@ -372,7 +369,7 @@ class SyntheticMotion:
         order = source.epoch_order(self.seed, epoch, self.info.num_train)
         rows = source.process_slice(global_batch)
         for step in range(start_step, self.info.num_train // global_batch):
-            idx = order[step * global_batch:(step + 1) * global_batch][rows]
+            idx = order[step * global_batch : (step + 1) * global_batch][rows]
             if self.fresh_clips:
                 idx = idx + epoch * self.info.num_train
             video, label = self._render(self.seed, idx)

@@ -24,7 +24,9 @@ from semicnn_jax.data import index
 
 VIDEOS, LISTS = "UCF-101", "ucfTrainTestlist"
 FIELDS = {"data_dir": "", "split": 1, "skip_missing": False}  # the dataset.* fields this reader uses
-LAYOUT = f"the official UCF-101 release ({VIDEOS}/<Class>/*.avi and {LISTS}/classInd.txt, trainlist0N.txt, testlist0N.txt)"
+LAYOUT = (
+    f"the official UCF-101 release ({VIDEOS}/<Class>/*.avi and {LISTS}/classInd.txt, trainlist0N.txt, testlist0N.txt)"
+)
 
 
 def list_file(data_dir: str, subset: str, split: int = 1) -> str:
@@ -53,7 +55,8 @@ def read_class_names(data_dir: str) -> tuple[str, ...]:
 
 
 def read_split(data_dir: str, split: int, subset: str, class_names: tuple[str, ...]) -> list[tuple[str, str, int]]:
-    """``(path:line, relative path, 0-based label)`` of a split list; a train line's label must agree with its folder."""
+    """``(path:line, relative path, 0-based label)`` of a split list; a train line's label must agree with
+    its folder."""
     path = list_file(data_dir, subset, split)
     by_folder = {name.lower(): i for i, name in enumerate(class_names)}
     out = []
@@ -63,8 +66,10 @@ def read_split(data_dir: str, split: int, subset: str, class_names: tuple[str, .
         if label is None or "/" not in rel:
             raise ValueError(f"{where}: {rel!r} is not under a class folder of classInd.txt")
         if len(parts) > 1 and parts[1] != str(label + 1):
-            raise ValueError(f"{where}: label {parts[1]} disagrees with the folder of {rel!r} "
-                             f"({class_names[label]} = {label + 1} in classInd.txt)")
+            raise ValueError(
+                f"{where}: label {parts[1]} disagrees with the folder of {rel!r} "
+                f"({class_names[label]} = {label + 1} in classInd.txt)"
+            )
         out.append((where, rel, label))
     return out
 

@@ -9,8 +9,12 @@ The loaders read clips straight from the decoded YUV frames (``read_train_clip``
 ``read_eval_clips``): an FFmpeg filter graph per crop box crops the planes without copying and
 scales them to ``crop_size`` in planar RGB, interpolating the chroma bilinearly from its own
 resolution, then packs RGB: one pass over ``crop_size**2`` output pixels instead of converting the
-whole frame and resizing it plane by plane (less CPU per clip, and closer to an exact reference). The array functions (``read_video`` + ``eval_clips``, ``read_clip`` + ``train_clip``)
-give the same crops from RGB frames, within a few levels where the chroma has fine detail.
+whole frame and resizing it plane by plane (less CPU per clip, and closer to an exact reference).
+The array functions (``read_video`` + ``eval_clips``, ``read_clip`` + ``train_clip``) give the same
+crops from RGB frames, within a few levels where the chroma has fine detail.
+
+Frames are read as players display them: a stream's rotation (the container's display matrix, as
+phones write for portrait video) is applied to whole frames and to crops alike.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 # Multi-scale crops of the paper (Hara et al.): fractions of the short side, and where the box sits.
-CROP_SCALES = (1.0, 2 ** -0.25, 2 ** -0.5, 2 ** -0.75, 0.5)
+CROP_SCALES = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)
 CROP_POSITIONS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
 
@@ -54,10 +58,21 @@ def _reformatter() -> VideoReformatter:
     return _local.reformatter
 
 
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that display ``frame`` upright: its stream's rotation (the
+    container's display matrix, e.g. a phone's portrait video), as players apply it."""
+    return round(frame.rotation / 90) % 4
+
+
+def upright(image: np.ndarray, turns: int) -> np.ndarray:
+    """``uint8 [H, W, C]`` turned counter-clockwise ``turns`` quarter turns."""
+    return np.rot90(image, turns) if turns else image
+
+
 def _rgb(frame: av.VideoFrame, size: int | None = None) -> np.ndarray:
-    """``frame`` as RGB ``uint8 [H, W, 3]``, resized to ``size x size`` if given."""
-    return _reformatter().reformat(frame, size, size, format="rgb24", interpolation="BILINEAR",
-                                   threads=1).to_ndarray()
+    """``frame`` as displayed (rotation applied), RGB ``uint8 [H, W, 3]``, resized to ``size x size`` if given."""
+    rgb = _reformatter().reformat(frame, size, size, format="rgb24", interpolation="BILINEAR", threads=1)
+    return upright(rgb.to_ndarray(), quarter_turns(frame))
 
 
 def _open(path: str):
@@ -187,7 +202,16 @@ def read_train_clip(path: str, params: dict, num_frames: int, crop_size: int) ->
 def read_eval_clips(path: str, num_frames: int, crop_size: int) -> np.ndarray:
     """``eval_clips(read_video(path), num_frames, crop_size)`` straight from the decoded frames:
     ``uint8 [K, num_frames, crop_size, crop_size, 3]``; VideoError if unreadable."""
-    frames = np.stack(_decode_all(path, _FrameCrop(1.0, "center", crop_size)))
+    return clips_of(read_eval_frames(path, crop_size), num_frames)
+
+
+def read_eval_frames(path: str, crop_size: int) -> np.ndarray:
+    """Every frame's centre crop of the short side (as displayed), ``uint8 [T, crop_size, crop_size, 3]``."""
+    return np.stack(_decode_all(path, _FrameCrop(1.0, "center", crop_size)))
+
+
+def clips_of(frames: np.ndarray, num_frames: int) -> np.ndarray:
+    """The non-overlapping, loop-padded evaluation clips of cropped frames ``[T, S, S, 3]``."""
     return frames[_eval_index(len(frames), num_frames)]
 
 
@@ -248,8 +272,15 @@ def _graphs() -> dict:
     return _local.graphs
 
 
-def _scale_graph(width: int, height: int, pix_fmt: str, box: Sequence[int], size: int, flip: bool,
-                 chroma_shift: tuple[int, int] = (0, 0)) -> av.filter.Graph:
+def _scale_graph(
+    width: int,
+    height: int,
+    pix_fmt: str,
+    box: Sequence[int],
+    size: int,
+    flip: bool,
+    chroma_shift: tuple[int, int] = (0, 0),
+) -> av.filter.Graph:
     """buffer -> crop ``box`` -> bilinear scale to ``size x size`` ``SCALED_FORMAT`` -> [hflip] -> rgb24,
     configured once per thread and key (25 boxes x 2 flips for a video size in training).
 
@@ -269,14 +300,15 @@ def _scale_graph(width: int, height: int, pix_fmt: str, box: Sequence[int], size
         chroma = ""
         if chroma_shift != (0, 0):
             chroma = f":in_h_chr_pos={-256 * chroma_shift[0]}:in_v_chr_pos={128 - 256 * chroma_shift[1]}"
-        chain = [graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=Fraction(1, 25)),
-                 graph.add("crop", f"w={right - left}:h={bottom - top}:x={left}:y={top}:exact=1"),
-                 graph.add("scale", f"w={size}:h={size}:flags=bilinear:threads=1{chroma}"),
-                 graph.add("format", SCALED_FORMAT)]
+        chain = [
+            graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=Fraction(1, 25)),
+            graph.add("crop", f"w={right - left}:h={bottom - top}:x={left}:y={top}:exact=1"),
+            graph.add("scale", f"w={size}:h={size}:flags=bilinear:threads=1{chroma}"),
+            graph.add("format", SCALED_FORMAT),
+        ]
         if flip:
             chain.append(graph.add("hflip"))
-        chain += [graph.add("scale", "flags=bilinear:threads=1"), graph.add("format", "rgb24"),
-                  graph.add("buffersink")]
+        chain += [graph.add("scale", "flags=bilinear:threads=1"), graph.add("format", "rgb24"), graph.add("buffersink")]
         for a, b in zip(chain, chain[1:]):
             a.link_to(b)
         graph.configure()
@@ -291,6 +323,14 @@ class _FrameCrop:
         self.scale, self.position, self.size, self.flip = scale, position, size, flip
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        turns = quarter_turns(frame)
+        if turns:  # the crop of the displayed frame is the turned crop of the stored frame's matching corner
+            stored = _StoredCrop(self.scale, _STORED_CORNER[turns][self.position], self.size)
+            crop = upright(stored(frame), turns)
+            return np.ascontiguousarray(crop[:, ::-1] if self.flip else crop)
+        return self._crop(frame)
+
+    def _crop(self, frame: av.VideoFrame) -> np.ndarray:
         box = crop_box(frame.height, frame.width, self.scale, self.position)
         shift = (0, 0)
         planes = frame.planes
@@ -302,10 +342,30 @@ class _FrameCrop:
         return graph.pull().to_ndarray()
 
 
+class _StoredCrop(_FrameCrop):
+    """A crop of the frame as stored, its rotation ignored."""
+
+    __call__ = _FrameCrop._crop
+
+
+def _corner_before_turns(position: str, turns: int) -> str:
+    """The stored frame's crop position that ``turns`` counter-clockwise quarter turns bring to ``position``."""
+    if position == "center":
+        return position
+    rows = {"top": 0, "bottom": 1}
+    cols = {"left": 0, "right": 1}
+    row, col = rows[position.split("_")[0]], cols[position.split("_")[1]]
+    for _ in range(turns):  # np.rot90(m)[i, j] == m[j, -1 - i]
+        row, col = col, 1 - row
+    return f"{'top' if row == 0 else 'bottom'}_{'left' if col == 0 else 'right'}"
+
+
+_STORED_CORNER = {t: {p: _corner_before_turns(p, t) for p in CROP_POSITIONS} for t in (1, 2, 3)}
+
+
 def _resize_plane(plane: np.ndarray, size: int) -> np.ndarray:
     frame = av.VideoFrame.from_ndarray(plane, format="gray")
-    return _reformatter().reformat(frame, size, size, format="gray", interpolation="BILINEAR",
-                                   threads=1).to_ndarray()
+    return _reformatter().reformat(frame, size, size, format="gray", interpolation="BILINEAR", threads=1).to_ndarray()
 
 
 def crop_resize(frames: np.ndarray, box: Sequence[int], size: int, flip: bool = False) -> np.ndarray:
@@ -343,8 +403,12 @@ def eval_clips(frames: np.ndarray, num_frames: int, crop_size: int) -> np.ndarra
 
 def train_params(rng: np.random.Generator) -> dict:
     """The random choices of one training clip (paper 4.1): relative start, crop scale and position, flip."""
-    return {"position": float(rng.random()), "scale": CROP_SCALES[rng.integers(len(CROP_SCALES))],
-            "corner": CROP_POSITIONS[rng.integers(len(CROP_POSITIONS))], "flip": bool(rng.random() < 0.5)}
+    return {
+        "position": float(rng.random()),
+        "scale": CROP_SCALES[rng.integers(len(CROP_SCALES))],
+        "corner": CROP_POSITIONS[rng.integers(len(CROP_POSITIONS))],
+        "flip": bool(rng.random() < 0.5),
+    }
 
 
 def train_clip(frames: np.ndarray, params: dict, crop_size: int) -> np.ndarray:

@@ -51,9 +51,11 @@ def check(idx: index.VideoIndex, ds: ml_collections.ConfigDict) -> None:
     missing = idx.missing()
     if missing and not idx.drop_missing and not ds.get("skip_missing", False):
         shown = "\n  ".join(missing[:5])
-        raise ValueError(f"{len(missing)} videos listed by {idx.name} do not exist, e.g.\n  {shown}\n"
-                         "(set dataset.skip_missing=True to train without them; they are then skipped and named "
-                         "like unreadable files)")
+        raise ValueError(
+            f"{len(missing)} videos listed by {idx.name} do not exist, e.g.\n  {shown}\n"
+            "(set dataset.skip_missing=True to train without them; they are then skipped and named "
+            "like unreadable files)"
+        )
     for subset, videos in (("training", idx.train), ("evaluation", idx.val)):
         if not any(v.found for v in videos):
             where = f" ({len(videos)} listed, e.g. {os.path.join(idx.root, videos[0].rel)})" if videos else ""
@@ -69,8 +71,12 @@ def rows(idx: index.VideoIndex, data_dir: str, prepared_dir: str = "") -> tuple[
         found = [v for v in videos if v.found]
         if idx.drop_missing and len(found) < len(videos):
             folders = sorted({os.path.join(idx.root, v.rel.split("/")[0]) for v in videos if not v.found})
-            logging.warning("%d of %d listed clips missing under %s; skipped", len(videos) - len(found), len(videos),
-                            ", ".join(folders))
+            logging.warning(
+                "%d of %d listed clips missing under %s; skipped",
+                len(videos) - len(found),
+                len(videos),
+                ", ".join(folders),
+            )
             videos = found
         subset_rows = []
         for v in videos:
@@ -80,13 +86,16 @@ def rows(idx: index.VideoIndex, data_dir: str, prepared_dir: str = "") -> tuple[
             elif prepared is None:
                 subset_rows.append(Row(path, v.label))
             elif v.rel not in prepared:
-                raise ValueError(f"{os.path.join(prepared_dir, index.PREPARED_INDEX)} has no entry for {v.rel}; rerun "
-                                 f"python -m semicnn_jax.data.prepare --data_dir={data_dir} --out={prepared_dir}")
+                raise ValueError(
+                    f"{os.path.join(prepared_dir, index.PREPARED_INDEX)} has no entry for {v.rel}; rerun "
+                    f"python -m semicnn_jax.data.prepare --data_dir={data_dir} --out={prepared_dir}"
+                )
             elif "error" in prepared[v.rel]:  # named by its original path
                 subset_rows.append(Row(path, v.label, 0, prepared[v.rel]["error"]))
             else:
-                subset_rows.append(Row(os.path.join(copies, index.prepared_name(v.rel)), v.label,
-                                       int(prepared[v.rel]["frames"])))
+                subset_rows.append(
+                    Row(os.path.join(copies, index.prepared_name(v.rel)), v.label, int(prepared[v.rel]["frames"]))
+                )
         out.append(tuple(subset_rows))
     return out[0], out[1]
 
@@ -102,9 +111,11 @@ def validate(config: ml_collections.ConfigDict, read: Reader) -> None:
 
 def listed_videos(read: Reader) -> Callable[[ml_collections.ConfigDict], tuple[str, list[str]]]:
     """``ds -> (root, relative paths)`` of every video an index lists and that exists (for ``prepare``)."""
+
     def videos(ds):
         idx = read(ds)
         return idx.root, sorted({v.rel for v in idx.train + idx.val if v.found})
+
     return videos
 
 
@@ -147,8 +158,7 @@ def load_eval(row: EvalRow, num_frames: int, crop_size: int) -> np.ndarray:
 class TrainSchedule:
     """Training batch ``k`` of the run (epoch ``k // steps``, step ``k % steps``): this process's rows."""
 
-    def __init__(self, videos: tuple[Row, ...], seed: int, global_batch: int, rows: slice,
-                 build: loader.BatchBuilder):
+    def __init__(self, videos: tuple[Row, ...], seed: int, global_batch: int, rows: slice, build: loader.BatchBuilder):
         self.videos, self.seed, self.global_batch, self.rows, self.build = videos, seed, global_batch, rows, build
         self.steps = len(videos) // global_batch
         self._order = (None, None)
@@ -160,16 +170,26 @@ class TrainSchedule:
 
     def __call__(self, k: int) -> dict:
         epoch, step = divmod(int(k), self.steps)
-        idx = self.order(epoch)[step * self.global_batch:(step + 1) * self.global_batch][self.rows]
-        return self.build([TrainRow(self.videos[i].path, self.videos[i].label, int(i), self.seed, epoch,
-                                    self.videos[i].error) for i in idx])
+        idx = self.order(epoch)[step * self.global_batch : (step + 1) * self.global_batch][self.rows]
+        return self.build(
+            [
+                TrainRow(self.videos[i].path, self.videos[i].label, int(i), self.seed, epoch, self.videos[i].error)
+                for i in idx
+            ]
+        )
 
 
 class EvalSchedule:
     """Evaluation batch ``k`` (of pass ``k // len(self)``): this process's rows of every clip, padded."""
 
-    def __init__(self, videos: tuple[Row, ...], clips: list[source.Clip], global_batch: int, rows: slice,
-                 build: loader.BatchBuilder):
+    def __init__(
+        self,
+        videos: tuple[Row, ...],
+        clips: list[source.Clip],
+        global_batch: int,
+        rows: slice,
+        build: loader.BatchBuilder,
+    ):
         self.videos, self.clips, self.rows, self.build = videos, clips, rows, build
         self.layout = [(idx[rows], mask[rows]) for idx, mask in source.eval_index_batches(len(clips), global_batch)]
 
@@ -203,8 +223,9 @@ class VideoList:
         self.num_epochs = int(config.get("num_epochs", 1))
         self.info = source.DatasetInfo(self.index.name, self.index.class_names, len(self.train), len(self.val))
         workers = ds.get("workers", FIELDS["workers"])
-        self.loader = loader.Loader(loader.default_workers() if workers < 0 else workers,
-                                    ds.get("prefetch", FIELDS["prefetch"]))
+        self.loader = loader.Loader(
+            loader.default_workers() if workers < 0 else workers, ds.get("prefetch", FIELDS["prefetch"])
+        )
         shape = (self.num_frames, self.crop_size, self.crop_size, 3)
         sizes = {"num_frames": self.num_frames, "crop_size": self.crop_size}
         self._train = loader.BatchBuilder(functools.partial(load_train, **sizes), ("label",), shape)
@@ -216,8 +237,9 @@ class VideoList:
         schedule = TrainSchedule(self.train, self.seed, global_batch, rows, self._train)
         start = epoch * schedule.steps + start_step
         stop = max(self.num_epochs, epoch + 1) * schedule.steps
-        yield from self.loader.batches("train", (global_batch, rows.start), schedule, start,
-                                       schedule.steps - start_step, stop)
+        yield from self.loader.batches(
+            "train", (global_batch, rows.start), schedule, start, schedule.steps - start_step, stop
+        )
 
     def eval_clips(self) -> list[source.Clip]:
         """``(video index, clip index)`` of every evaluation clip, in order."""
