@@ -103,7 +103,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, metrics: dict | None = None) -> None:
-    """Saves ``state`` at ``step`` with its digest and waits until it is on disk."""
+    """Saves ``state`` at ``step`` with its digest and waits until it is on disk.
+
+    The arrays go as host numpy arrays: every process holds the same (replicated) state, and orbax writes
+    such arrays once, from the primary process, in a run of several processes."""
+    state = jax.device_get(state)
     with quiet_library_errors():
         manager.save(
             step,
@@ -167,6 +171,7 @@ def restore_latest_good(
     ``open_manager`` opens the checkpoint directory afresh: orbax infers the item layout from the steps
     present, so a manager that saw a damaged step is not used after it is set aside."""
     manager = open_manager()
+    target = jax.device_get(target)  # host arrays, as saved (see ``save``)
     steps = sorted(manager.all_steps(), reverse=True)
     damaged = []
     for step in steps:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 from typing import Any, Callable
 
 import flax
@@ -27,7 +26,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import struct
 
-from semicnn_jax import checkpoints, configs, exits, finetune, models, optim
+from semicnn_jax import checkpoints, configs, distributed, exits, finetune, models, optim
 from semicnn_jax.data import pipeline
 from semicnn_jax.data.source import DatasetInfo
 from semicnn_jax.inference import normalize
@@ -274,9 +273,12 @@ def check_or_write_run_record(workdir: str, record: dict, allow_new_geometry: bo
     """A workdir belongs to one model and one clip geometry: refuse to train another into it (nothing is
     overwritten); ``allow_new_geometry`` lets the same model go on with other clips (run.json rewritten)."""
     path = os.path.join(workdir, "run.json")
+    previous = None
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
+    distributed.barrier("run.json read")  # every process has read it before process 0 may rewrite it
+    if previous is not None:
 
         def differ(keys):
             return [
@@ -306,8 +308,9 @@ def check_or_write_run_record(workdir: str, record: dict, allow_new_geometry: bo
             [previous.get(k) for k in changed],
         )
     if jax.process_index() == 0:
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             json.dump(record, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -331,25 +334,6 @@ def load_pretrained(config, variables: dict, model) -> tuple[dict, Any]:
 
 
 # ---------------------------------------------------------------------------- the loop
-
-
-class _Preempted:
-    """Turns SIGTERM into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.flag = False
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint before exiting")
-        self.flag = True
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -404,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     start_step = int(state.step)
     num_steps = steps_per_epoch * config.num_epochs
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-    preempted = _Preempted()
+    stop_signal = distributed.StopSignal()  # SIGTERM to any process: every process stops at the same step
     state = replicate(state)
 
     def save(state, metrics=None):
@@ -421,11 +405,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 step += 1
                 train_sums = sums if train_sums is None else jax.tree.map(jnp.add, train_sums, sums)
                 report(step)
-                if step % config.get("log_every_steps", 50) == 0 or preempted.flag:
+                stop = stop_signal.requested()
+                if step % config.get("log_every_steps", 50) == 0 or stop:
                     train = averages(unreplicate(train_sums))
                     _check_finite(train["loss"], step)
                     writer.write_scalars(step, {"train/loss": train["loss"], "train/top1": train["top1"]})
-                if preempted.flag:
+                if stop:
                     save(state)
                     raise exits.Preempted(step)
                 if config.get("max_steps", -1) > 0 and step >= config.max_steps:
@@ -466,7 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if (epoch + 1) % config.get("checkpoint_every_epochs", 1) == 0 or epoch + 1 == config.num_epochs:
                 save(state, {"eval_top1": evaluation["top1"], "eval_loss": evaluation["loss"]})
     finally:
-        preempted.restore()
+        stop_signal.restore()
         writer.flush()
         source.close()  # loader worker processes
     return unreplicate(state)
