@@ -189,16 +189,50 @@ def max_pool(x: Array, window: Triple, strides: Triple, padding: Any = 0) -> Arr
     """3D max pooling with PyTorch's explicit (implicit -inf) padding.
 
     Separable: one window per axis (exact for a max, and faster than one 3D window on CPU).
+    The gradient is that of a maximum over strided slices: XLA's own max-pool gradient
+    (select-and-scatter) costs 2.5x more on CPU (``benchmarks/README.md``). It routes each
+    output's gradient to the window's maximum; where several inputs tie for it, they share it.
     """
     window, strides, padding = _triple(window), _triple(strides), _padding(padding)
-    y = x
+    return _nonempty(x, _max_pool(x, window, strides, padding), window)
+
+
+def _pooled_axes(window: Triple, strides: Triple, padding: Padding):
     for axis, (k, s, p) in enumerate(zip(window, strides, padding), start=1):
-        if (k, s, p) == (1, 1, (0, 0)):
-            continue
+        if (k, s, p) != (1, 1, (0, 0)):
+            yield axis, k, s, p
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: Array, window: Triple, strides: Triple, padding: Padding) -> Array:
+    for axis, k, s, p in _pooled_axes(window, strides, padding):
         dims, steps, pads = [1] * 5, [1] * 5, [(0, 0)] * 5
         dims[axis], steps[axis], pads[axis] = k, s, p
-        y = lax.reduce_window(y, -jnp.inf, lax.max, dims, steps, pads)
-    return _nonempty(x, y, window)
+        x = lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, pads)
+    return x
+
+
+def _max_pool_by_slices(x: Array, window: Triple, strides: Triple, padding: Padding) -> Array:
+    """The same max pool as elementwise maxima of strided slices (differentiated as selects)."""
+    for axis, k, s, p in _pooled_axes(window, strides, padding):
+        pads = [(0, 0)] * x.ndim
+        pads[axis] = p
+        x = jnp.pad(x, pads, constant_values=-jnp.inf) if p != (0, 0) else x
+        n = (x.shape[axis] - k) // s + 1
+        taps = [lax.slice_in_dim(x, d, d + s * (n - 1) + 1, stride=s, axis=axis) for d in range(k)]
+        x = functools.reduce(jnp.maximum, taps)
+    return x
+
+
+def _max_pool_fwd(x, window, strides, padding):
+    return _max_pool(x, window, strides, padding), x
+
+
+def _max_pool_bwd(window, strides, padding, x, grad):
+    return jax.vjp(lambda x: _max_pool_by_slices(x, window, strides, padding), x)[1](grad)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool(x: Array, window: Triple, strides: Triple, padding: Any = 0) -> Array:

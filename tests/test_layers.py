@@ -96,6 +96,12 @@ def test_pools_match_torch(window, strides, padding):
     np.testing.assert_allclose(
         layers.max_pool(x, window, strides, padding), to_ndhwc(F.max_pool3d(xt, window, strides, padding)), rtol=1e-6
     )
+    # The max pool's own gradient (maxima of strided slices) against torch's autograd.
+    weights = np.random.default_rng(2).normal(size=layers.max_pool(x, window, strides, padding).shape)
+    ours = jax.grad(lambda x: jnp.sum(layers.max_pool(x, window, strides, padding) * weights))(x)
+    xg = xt.clone().requires_grad_(True)
+    (F.max_pool3d(xg, window, strides, padding) * torch.from_numpy(weights).permute(0, 4, 1, 2, 3)).sum().backward()
+    np.testing.assert_allclose(ours, to_ndhwc(xg.grad), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
         layers.avg_pool(x, window, strides, padding),
         to_ndhwc(F.avg_pool3d(xt, window, strides, padding, count_include_pad=True)),
