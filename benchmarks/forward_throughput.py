@@ -2,6 +2,7 @@
 
     python benchmarks/forward_throughput.py                 # batch 8, 16x112x112, float32, eval
     python benchmarks/forward_throughput.py --quick         # fewer repeats
+    python benchmarks/forward_throughput.py --bf16          # and bfloat16 against PyTorch's bf16 autocast
     python benchmarks/forward_throughput.py --batch 4 --frames 16 --size 112 --models semi_resnet18
 
 Variants per model, all with the same weights (random conv/FC weights, random non-trivial BatchNorm
@@ -9,15 +10,20 @@ statistics; PyTorch's copy is made with ``torch_reference.load_flax_variables``)
 
 * JAX, jitted, ``lowering='auto'`` (the 2D-convolution lowering on CPU), and ``lowering='3d'``
   (one XLA 3D convolution per layer, for reference; ``--no-jax-3d`` skips it, it is slow on CPU);
-* PyTorch, ``torch.inference_mode``, the default NCDHW layout and ``torch.channels_last_3d``.
+* PyTorch, ``torch.inference_mode``, the default NCDHW layout and ``torch.channels_last_3d``;
+* with ``--bf16``: JAX with ``dtype=bfloat16`` (parameters kept in float32) and PyTorch
+  channels_last_3d under CPU autocast to bfloat16 (oneDNN's AVX-512 bf16 / AMX kernels).
 
 Every variant is warmed up (JAX: compiled and run), then timed ``--repeats`` times; the rounds are
 interleaved across variants so that a noisy, shared machine slows them alike. The table reports
-the best (and the median) time per batch. ``speed vs PyTorch channels_last_3d`` is PyTorch
-channels_last_3d's best time divided by the variant's best time (> 1: faster than it), and in
-brackets the median over rounds of the same ratio taken within each round (robust to load that
-drifts between rounds). ``max diff`` is the largest absolute logit difference to PyTorch NCDHW
-(relative to the largest logit in brackets).
+the best (and the median) time per batch. ``GFLOP/s`` is XLA's operation count of the forward pass
+(``forward_flops``: plain 3D convolutions, the work every variant does) over the best time, and in
+brackets its share of this machine's measured peak for the dtype (``machine.measured_peak``: the best
+of a large matrix product and a 3x3 convolution in XLA and in PyTorch). ``speed vs PyTorch
+channels_last_3d`` is PyTorch channels_last_3d's best time (in the same dtype) divided by the
+variant's best time (> 1: faster than it), and in brackets the median over rounds of the same ratio
+taken within each round (robust to load that drifts between rounds). ``max diff`` is the largest
+absolute logit difference to PyTorch NCDHW float32 (relative to the largest logit in brackets).
 
 On a machine shared with other jobs, PyTorch's OpenMP threads lose much more than XLA's thread
 pool when a core is taken away; ``--cores 0`` pins the whole process (both frameworks) to one core
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,51 +60,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import torch_reference  # noqa: E402
+from benchmarks.machine import machine_report, peak_report  # noqa: E402
 from semicnn_jax import models  # noqa: E402
 
 MODELS = ("semi_resnet18", "resnet18_3d")
 REFERENCE = "torch channels_last_3d"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-                    return " ".join(w for w in wanted if w in flags)
-    except OSError:
-        pass
-    return "?"
-
-
-def machine_report() -> str:
-    lines = [
-        f"CPU: {cpu_model()} ({cpu_flags()})",
-        f"cores: os.cpu_count()={os.cpu_count()}, usable={len(os.sched_getaffinity(0))}",
-        f"python {platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}, "
-        f"{len(jax.devices())} device(s)), torch {torch.__version__}, "
-        f"torch.get_num_threads()={torch.get_num_threads()}, "
-        f"torch oneDNN(mkldnn)={torch.backends.mkldnn.is_available()}",
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
-    ]
-    try:
-        lines.append(f"load average: {os.getloadavg()}")
-    except OSError:
-        pass
-    return "\n".join(lines)
 
 
 def random_variables(variables, seed: int):
@@ -128,9 +93,10 @@ def random_variables(variables, seed: int):
 class Variant:
     """A named forward function; ``run()`` computes one batch and returns numpy logits."""
 
-    def __init__(self, label: str, run):
+    def __init__(self, label: str, run, dtype: str = "float32"):
         self.label = label
         self.run = run
+        self.dtype = dtype
         self.times: list[float] = []
         self.output: np.ndarray | None = None
         self.warmup_s = 0.0
@@ -147,27 +113,47 @@ def build_variants(name: str, clip: np.ndarray, variables, args) -> list[Variant
     variants = []
     lowerings = ["auto"] + ([] if args.no_jax_3d else ["3d"])
     x_jax = jax.device_put(jnp.asarray(clip))
-    for lowering in lowerings:
-        model = models.create(name, num_classes=args.num_classes, lowering=lowering)
-        forward = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False))
+    jax_variants = [(f"jax jit, lowering={lowering!r}", dict(lowering=lowering), "float32") for lowering in lowerings]
+    if args.bf16:
+        jax_variants.append(("jax jit, bfloat16", dict(dtype="bfloat16"), "bfloat16"))
+    for label, opts, dtype in jax_variants:
+        model = models.create(name, num_classes=args.num_classes, **opts)
+        forward = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False).astype(jnp.float32))
 
         def run(forward=forward):
             return np.asarray(forward(variables, x_jax).block_until_ready())
 
-        variants.append(Variant(f"jax jit, lowering={lowering!r}", run))
+        variants.append(Variant(label, run, dtype))
 
-    for fmt_name, fmt in (("NCDHW", torch.contiguous_format), ("channels_last_3d", torch.channels_last_3d)):
+    torch_variants = [
+        ("NCDHW", torch.contiguous_format, "float32"),
+        ("channels_last_3d", torch.channels_last_3d, "float32"),
+    ]
+    if args.bf16:
+        torch_variants.append(("channels_last_3d", torch.channels_last_3d, "bfloat16"))
+    for fmt_name, fmt, dtype in torch_variants:
         net = torch_reference.create(name, num_classes=args.num_classes).eval()
         torch_reference.load_flax_variables(net, variables)
         net = net.to(memory_format=fmt)
         x_t = torch_reference.clip_to_torch(clip, fmt)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
-        def run(net=net, x_t=x_t):
-            with torch.inference_mode():
-                return net(x_t).numpy()
+        def run(net=net, x_t=x_t, autocast=autocast):
+            with torch.inference_mode(), autocast:
+                return net(x_t).float().numpy()
 
-        variants.append(Variant(f"torch {fmt_name}", run))
+        suffix = ", autocast bfloat16" if dtype == "bfloat16" else ""
+        variants.append(Variant(f"torch {fmt_name}{suffix}", run, dtype))
     return variants
+
+
+def forward_flops(name: str, clip_shape: tuple[int, ...], num_classes: int) -> float:
+    """XLA's count of the forward pass's floating-point operations (one plain 3D convolution per layer,
+    the work every variant does; a multiply-add counts 2), from the lowered program: nothing runs."""
+    model = models.create(name, num_classes=num_classes, lowering="3d")
+    clip = jax.ShapeDtypeStruct(clip_shape, jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), clip)
+    return float(jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, clip).cost_analysis()["flops"])
 
 
 def benchmark_model(name: str, args) -> list[dict]:
@@ -195,11 +181,11 @@ def benchmark_model(name: str, args) -> list[dict]:
         )
 
     reference_out = next(v.output for v in variants if v.label == "torch NCDHW")
-    ref_times = next(v for v in variants if v.label == REFERENCE).times
-    ref_best = min(ref_times)
     scale = float(np.max(np.abs(reference_out)))
+    flops = forward_flops(name, shape, args.num_classes)
     rows = []
     for v in variants:
+        ref_times = next(r for r in variants if r.label.startswith(REFERENCE) and r.dtype == v.dtype).times
         best, median = min(v.times), statistics.median(v.times)
         diff = float(np.max(np.abs(v.output - reference_out)))
         rows.append(
@@ -209,7 +195,9 @@ def benchmark_model(name: str, args) -> list[dict]:
                 best_ms=1e3 * best,
                 median_ms=1e3 * median,
                 clips_per_s=args.batch / best,
-                speedup=ref_best / best,
+                gflops=flops / best / 1e9,
+                peak_share=flops / best / 1e9 / args.peak[v.dtype],
+                speedup=min(ref_times) / best,
                 round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)),
                 max_diff=diff,
                 rel_diff=diff / scale if scale else float("nan"),
@@ -220,15 +208,15 @@ def benchmark_model(name: str, args) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     out = [
-        "| model | framework/variant | ms/batch (best; median) | clips/s (best) | speed vs PyTorch "
-        "channels_last_3d (best; per-round median) | max diff (rel.) |",
-        "|---|---|---|---|---|---|",
+        "| model | framework/variant | ms/batch (best; median) | clips/s (best) | GFLOP/s (% of peak) | speed vs "
+        "PyTorch channels_last_3d, same dtype (best; per-round median) | max diff to torch fp32 (rel.) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | "
-            f"{r['clips_per_s']:.2f} | {r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | "
-            f"{r['max_diff']:.1e} ({r['rel_diff']:.0e}) |"
+            f"{r['clips_per_s']:.2f} | {r['gflops']:.0f} ({100 * r['peak_share']:.0f} %) | "
+            f"{r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | {r['max_diff']:.1e} ({r['rel_diff']:.0e}) |"
         )
     return "\n".join(out)
 
@@ -246,6 +234,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 2, --quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 7, --quick 3)")
     p.add_argument("--no-jax-3d", action="store_true", help="skip the slow JAX lowering='3d' variant")
+    p.add_argument("--bf16", action="store_true", help="add JAX dtype=bfloat16 and PyTorch autocast bf16 variants")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument(
         "--cores",
@@ -270,6 +259,10 @@ def main(argv=None) -> list[dict]:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     print(machine_report())
+    args.peak = {}
+    for dtype in ("float32", "bfloat16") if args.bf16 else ("float32",):
+        args.peak[dtype], line = peak_report(dtype)
+        print(line)
     print(
         f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 float32, eval mode, "
         f"{args.warmup} warm-up + {args.repeats} timed runs per variant (best and median reported)\n",

@@ -9,7 +9,6 @@ steps/s = (B - A) / (time_B - time_A), so start-up, compilation and the final sa
 
 import argparse
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -17,14 +16,10 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, REPO)
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+from benchmarks.machine import cpu_model  # noqa: E402
 
 
 def free_port() -> int:

@@ -28,14 +28,14 @@ if __package__ in (None, ""):
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.forward_throughput import machine_report  # noqa: E402
+from benchmarks.machine import machine_report  # noqa: E402
 from semicnn_jax import models  # noqa: E402
 
 KINDS = ("convolution", "dot", "reduce-window", "select-and-scatter", "scatter", "concatenate", "transpose", "pad")
 
 
-def compiled_step(model_name: str, step: str, batch: int, frames: int, size: int):
-    model = models.create(model_name, num_classes=101)
+def compiled_step(model_name: str, step: str, batch: int, frames: int, size: int, width: float = 1.0):
+    model = models.create(model_name, num_classes=101, width=width)
     clip = jnp.ones((batch, frames, size, size, 3))
     variables = model.init(jax.random.PRNGKey(0), clip[:1], train=False)
     if step == "forward":
@@ -102,18 +102,20 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=None, help="default 8 (forward), 4 (train)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=112)
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (the demo: 0.125)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--top", type=int, default=20)
     args = p.parse_args(argv)
     batch = args.batch or (8 if args.step == "forward" else 4)
-    fn, call_args = compiled_step(args.model, args.step, batch, args.frames, args.size)
+    fn, call_args = compiled_step(args.model, args.step, batch, args.frames, args.size, args.width)
     described = describe_ops(fn.lower(*call_args).compile().as_text())
     per_op = profile(fn, call_args, args.runs)
     rows = sorted(((max(t.values()), sum(t.values()), op) for op, t in per_op.items()), reverse=True)
     wall = sum(r[0] for r in rows)
     print(machine_report())
     print(
-        f"\n{args.model}, {args.step}, batch {batch}x{args.frames}x{args.size}x{args.size}x3 float32, {args.runs} runs"
+        f"\n{args.model} width {args.width}, {args.step}, batch {batch}x{args.frames}x{args.size}x{args.size}x3 "
+        f"float32, {args.runs} runs"
     )
     print(f"sum over ops of the busiest thread's time: {wall:.0f} ms per call\n")
     print("| busiest thread ms | all threads ms | share | op | kind, output shape, model path |")

@@ -1,0 +1,242 @@
+"""Training step (forward + backward + SGD) of semi_resnet18 and resnet18_3d: JAX against PyTorch on this CPU.
+
+    python benchmarks/train_vs_torch.py                 # batch 4, 16x112x112, float32
+    python benchmarks/train_vs_torch.py --quick         # fewer repeats
+    python benchmarks/train_vs_torch.py --bf16 --models semi_resnet18 --batch 2 --size 64
+
+The companion of ``forward_throughput.py`` for training. Variants per model, all starting from the
+same weights (the model's own initialisation, copied to PyTorch with
+``torch_reference.load_flax_variables``) and stepping on the same uint8 clip and labels:
+
+* JAX: the library's ``train.train_step`` as the training loop runs it (pmapped over the one CPU
+  device, donated state, normalisation of the uint8 clip inside the step, softmax cross-entropy,
+  ``train.create_optimizer``'s SGD with the paper's momentum 0.9 / dampening 0.9 / weight decay 1e-4);
+* PyTorch: the ``torch_reference`` network in training mode, the same normalisation, cross-entropy,
+  ``torch.optim.SGD`` with the same hyper-parameters; default NCDHW and ``channels_last_3d`` layouts;
+* with ``--bf16``: JAX ``dtype=bfloat16`` (float32 parameters) and PyTorch channels_last_3d under
+  CPU autocast to bfloat16.
+
+Every variant takes ``--warmup`` steps (JAX: compile), then ``--repeats`` timed steps in interleaved
+rounds. ``first loss`` is each variant's loss on its first step, from identical weights (PyTorch
+NCDHW's in the last column's reference): equal losses show both compute the same step. ``last loss``
+after all steps on the same batch shows the optimisers move alike. ``GFLOP/s`` counts a training step
+as 3x the forward pass's operations (``forward_throughput.forward_flops``: the forward, and the input
+and weight gradients of every layer), with its share of this machine's measured peak
+(``machine.measured_peak``) in brackets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.jax_utils  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch._dynamo  # noqa: E402,F401  (torch.optim loads it, and triton with it: before TensorFlow, see tests/conftest.py)
+
+from benchmarks import torch_reference  # noqa: E402
+from benchmarks.forward_throughput import MODELS, REFERENCE, Variant, forward_flops  # noqa: E402
+from benchmarks.machine import machine_report, peak_report  # noqa: E402
+from experiments import base  # noqa: E402
+from semicnn_jax import inference, models, train  # noqa: E402
+
+TRAINING_FLOPS_PER_FORWARD = 3  # forward + input gradient + weight gradient
+
+
+def jax_step(variables, clip: np.ndarray, labels: np.ndarray, config, num_classes: int, dtype: str):
+    """The library's pmapped training step on one device; ``run()`` steps once and returns the mean loss."""
+    config = config.copy_and_resolve_references()
+    config.model.dtype = dtype
+    model = train.create_model(config, num_classes=num_classes)
+    tx = train.create_optimizer(config)
+    state = train.replicate(train.initial_state(config, variables, tx))
+    step = train.data_parallel(functools.partial(train.train_step, model=model, tx=tx), donate_state=True)
+    batch = train.shard({"video": clip, "label": labels, "mask": np.ones(len(labels), bool)})
+    batch = next(flax.jax_utils.prefetch_to_device(iter([batch]), 1))  # on the device, as in training
+    holder = {"state": state}
+
+    def run():
+        holder["state"], sums = step(holder["state"], batch)
+        sums = jax.device_get(train.unreplicate(sums))
+        return float(sums["loss"] / sums["count"])
+
+    return run
+
+
+def torch_step(name: str, variables, clip: np.ndarray, labels: np.ndarray, config, num_classes: int, fmt, dtype: str):
+    """The PyTorch reference's training step with the same normalisation, loss and SGD."""
+    net = torch_reference.create(name, num_classes=num_classes).train()
+    torch_reference.load_flax_variables(net, jax.device_get(variables))
+    net = net.to(memory_format=fmt)
+    opt = torch.optim.SGD(
+        net.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        dampening=config.dampening,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    x_uint8 = torch.from_numpy(clip).permute(0, 4, 1, 2, 3).contiguous(memory_format=fmt)
+    mean = torch.from_numpy(inference.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.from_numpy(inference.IMAGENET_STD).view(1, 3, 1, 1, 1)
+    target = torch.from_numpy(labels.astype(np.int64))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        x = (x_uint8.float() / 255.0 - mean) / std
+        with autocast:
+            logits = net(x.contiguous(memory_format=fmt))
+        loss = torch.nn.functional.cross_entropy(logits.float(), target)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return run
+
+
+def build_variants(name: str, clip, labels, config, args) -> list[Variant]:
+    model = train.create_model(config, num_classes=args.num_classes)
+    variables = models.init_variables(model, (1,) + clip.shape[1:], config.seed)
+    dtypes = ("float32", "bfloat16") if args.bf16 else ("float32",)
+    variants = [
+        Variant(
+            "jax train_step" + ("" if d == "float32" else ", bfloat16"),
+            jax_step(variables, clip, labels, config, args.num_classes, d),
+            d,
+        )
+        for d in dtypes
+    ]
+    torch_variants = [
+        ("NCDHW", torch.contiguous_format, "float32"),
+        ("channels_last_3d", torch.channels_last_3d, "float32"),
+    ]
+    if args.bf16:
+        torch_variants.append(("channels_last_3d", torch.channels_last_3d, "bfloat16"))
+    for fmt_name, fmt, dtype in torch_variants:
+        suffix = ", autocast bfloat16" if dtype == "bfloat16" else ""
+        variants.append(
+            Variant(
+                f"torch {fmt_name}{suffix}",
+                torch_step(name, variables, clip, labels, config, args.num_classes, fmt, dtype),
+                dtype,
+            )
+        )
+    return variants
+
+
+def benchmark_model(name: str, args) -> list[dict]:
+    config = base.get_config(name)
+    config.accumulation_steps = 1  # every step applies SGD, as PyTorch's does
+    shape = (args.batch, args.frames, args.size, args.size, 3)
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, shape, np.uint8)
+    labels = rng.integers(0, args.num_classes, args.batch).astype(np.int32)
+    variants = build_variants(name, clip, labels, config, args)
+    first_loss = {}
+    for v in variants:  # warm-up: the first step (JAX: compile) from the shared initial weights
+        first_loss[v.label] = v.run()
+        for _ in range(args.warmup - 1):
+            v.run()
+        print(f"  [{name}] warm-up {v.label}: first loss {first_loss[v.label]:.6f}", flush=True)
+    for r in range(args.repeats):  # interleaved rounds
+        for v in variants:
+            v.output = None  # keep the latest step's loss
+            v.time_once()
+        print(
+            f"  [{name}] round {r + 1}/{args.repeats}: "
+            + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants),
+            flush=True,
+        )
+    flops = TRAINING_FLOPS_PER_FORWARD * forward_flops(name, shape, args.num_classes)
+    reference_loss = first_loss["torch NCDHW"]
+    rows = []
+    for v in variants:
+        ref_times = next(r for r in variants if r.label.startswith(REFERENCE) and r.dtype == v.dtype).times
+        best = min(v.times)
+        rows.append(
+            dict(
+                model=name,
+                variant=v.label,
+                best_ms=1e3 * best,
+                median_ms=1e3 * statistics.median(v.times),
+                clips_per_s=args.batch / best,
+                gflops=flops / best / 1e9,
+                peak_share=flops / best / 1e9 / args.peak[v.dtype],
+                speedup=min(ref_times) / best,
+                round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)),
+                first_loss=first_loss[v.label],
+                first_diff=abs(first_loss[v.label] - reference_loss),
+                last_loss=v.output,
+            )
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    out = [
+        "| model | framework/variant | ms/step (best; median) | clips/s (best) | GFLOP/s (% of peak) | speed vs "
+        "PyTorch channels_last_3d, same dtype (best; per-round median) | first loss (diff to torch NCDHW) | "
+        "last loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | {r['clips_per_s']:.2f} | "
+            f"{r['gflops']:.0f} ({100 * r['peak_share']:.0f} %) | {r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | "
+            f"{r['first_loss']:.5f} ({r['first_diff']:.1e}) | {r['last_loss']:.4g} |"
+        )
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="2 warm-up steps and 3 timed steps per variant")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=112, help="frame height and width")
+    p.add_argument("--num-classes", type=int, default=101)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps (default 7, --quick 3)")
+    p.add_argument("--bf16", action="store_true", help="add JAX dtype=bfloat16 and PyTorch autocast bf16 variants")
+    args = p.parse_args(argv)
+    args.warmup = 2 if args.warmup is None else args.warmup
+    args.repeats = args.repeats or (3 if args.quick else 7)
+    if args.warmup < 1 or args.repeats < 1:
+        p.error("--warmup and --repeats must be >= 1")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    print(machine_report())
+    args.peak = {}
+    for dtype in ("float32", "bfloat16") if args.bf16 else ("float32",):
+        args.peak[dtype], line = peak_report(dtype)
+        print(line)
+    print(
+        f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 uint8, training step, "
+        f"{args.warmup} warm-up + {args.repeats} timed steps per variant (best and median reported)\n",
+        flush=True,
+    )
+    rows = []
+    for name in args.models:
+        rows += benchmark_model(name, args)
+    print()
+    print(markdown_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
