@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 import fake_ucf101  # noqa: E402  (the test helper that writes releases)
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from experiments import base  # noqa: E402
 from semicnn_jax.data import index, pipeline, prepare, video  # noqa: E402
 
@@ -54,8 +55,8 @@ def write_release(root: str, videos: int, frames: int, keyframe_every: int) -> N
     os.makedirs(lists, exist_ok=True)
     with open(os.path.join(lists, "classInd.txt"), "w") as f:
         f.writelines(f"{i + 1} {c}\n" for i, c in enumerate(CLASSES))
-    with open(os.path.join(lists, "trainlist01.txt"), "w") as f:
-        f.writelines(f"{n} {y + 1}\n" for n, y in names)
+    with open(os.path.join(lists, "trainlist01.txt"), "w") as f:  # every video but the first 2 (the test list)
+        f.writelines(f"{n} {y + 1}\n" for n, y in names[2:])
     with open(os.path.join(lists, "testlist01.txt"), "w") as f:
         f.writelines(f"{n}\n" for n, _ in names[:2])
 
@@ -117,7 +118,7 @@ def main():
     parser.add_argument("--dir", default="", help="where to write the videos (default: a temporary folder)")
     args = parser.parse_args()
     root = args.dir or tempfile.mkdtemp(prefix="loader_throughput_")
-    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} cores; videos in {root}")
+    print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; load average before: {os.getloadavg()}; videos in {root}")
     formats = {}
     for keyframe_every in (12, 250):
         data_dir = os.path.join(root, f"avi_k{keyframe_every}")

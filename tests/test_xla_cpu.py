@@ -1,0 +1,33 @@
+"""semicnn_jax.xla_cpu: the flag that keeps convolutions out of YNNPACK reaches XLA, and yours wins."""
+
+import jax
+import jax.numpy as jnp
+
+from semicnn_jax import xla_cpu
+
+
+def test_configure_adds_the_flag_once_and_leaves_a_users_choice():
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert xla_cpu.configure(env)
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 --{xla_cpu.FLAG}={xla_cpu.VALUE}"
+    assert not xla_cpu.configure(env)  # already there: unchanged
+    assert env["XLA_FLAGS"].count(xla_cpu.FLAG) == 1
+    mine = {"XLA_FLAGS": f"--{xla_cpu.FLAG}=LIBRARY_FUSION_TYPE_DOT"}
+    assert not xla_cpu.configure(mine) and mine["XLA_FLAGS"] == f"--{xla_cpu.FLAG}=LIBRARY_FUSION_TYPE_DOT"
+    empty = {}
+    assert xla_cpu.configure(empty) and empty["XLA_FLAGS"] == f"--{xla_cpu.FLAG}={xla_cpu.VALUE}"
+
+
+def test_convolutions_compile_to_xla_kernels_not_ynnpack():
+    """The package was imported before the back end started (conftest), so the flag is in effect: a
+    convolution YNNPACK would take by default (a ResNet layer's shape) is not a YNN fusion."""
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    hlo = jax.jit(conv).lower(jnp.zeros((8, 28, 28, 64)), jnp.zeros((3, 3, 64, 64))).compile().as_text()
+    assert " convolution(" in hlo
+    assert "__ynn_fusion" not in hlo
+    # and the same compile with the flag's effect undone does use YNNPACK (the check above can fail)
+    ynn = jax.jit(conv, compiler_options={xla_cpu.FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"})
+    assert "__ynn_fusion" in ynn.lower(jnp.zeros((8, 28, 28, 64)), jnp.zeros((3, 3, 64, 64))).compile().as_text()
