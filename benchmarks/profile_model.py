@@ -9,6 +9,10 @@ per-thunk trace events switched on with ``--xla_cpu_enable_xprof_traceme``) and 
 compiled op: the busiest thread's time per call (the op's wall share) and the time summed over
 threads, the op's kind (convolution, dot, reduce-window, scatter, elementwise loop), its output
 shape and the model path from the op's metadata. Totals by kind close the table.
+
+With convolutions in XLA's Eigen kernels (``semicnn_jax.xla_cpu``, the default) the convolution thunks
+emit no trace events: the table shows everything else, and a call's wall time minus the sum is the
+convolutions. ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` ... shows YNNPACK's instead.
 """
 
 from __future__ import annotations
