@@ -6,14 +6,14 @@ lower it to a form that the backend runs faster:
 
 * ``'3d'``: one 3D convolution (best on GPU, where cuDNN handles 3D well);
 * ``'2d'``: 2D convolutions and matrix products only (best on CPU, where XLA's 3D
-  convolution is several times slower than the same work as 2D convolutions;
-  ``benchmarks/README.md``):
+  convolution is several times slower than the same work as 2D convolutions, in YNNPACK's kernels
+  and in Eigen's, which ``semicnn_jax.xla_cpu`` selects; ``benchmarks/README.md``):
   - 1x1x1: a matrix product;
   - small outputs (at most 32 positions per clip), or a window larger than the frame: im2col
     and one matrix product (XLA would otherwise swap such a 2D convolution's operands and run
     it as a naive loop);
-  - kxkxk on thin inputs (kt * Cin <= 64, e.g. the 7x7x7 stem): the temporal taps stacked on
-    channels, one 2D convolution;
+  - kxkxk on thin inputs (kt * Cin <= 384: the 7x7x7 stem, 3x3x3 up to 128 channels): the temporal
+    taps stacked on channels, one 2D convolution;
   - 1xkxk (spatial): time folded into the batch, one 2D convolution;
   - kx1x1 (temporal): (H, W) flattened, one 2D convolution over (T, H*W);
   - other kxkxk: one 2D convolution per temporal tap over shifted time slices, summed.
@@ -87,7 +87,10 @@ def _out_len(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
 
 
 SMALL_OUTPUT = 32  # output positions per clip at or below which im2col + one matmul wins
-STACK_TAPS_MAX_CHANNELS = 64  # kt * Cin at or below which temporal taps are stacked on channels
+# kt * Cin at or below which temporal taps are stacked on channels (one 2D convolution on a kt-times
+# wider copy) instead of one 2D convolution per tap, summed: the stacked form's gradients are 11-18 %
+# faster for 3x3x3 at 64-128 channels, and resnet18_3d's training step 5 % (benchmarks/README.md).
+STACK_TAPS_MAX_CHANNELS = 384
 
 
 def _time_slices(x: Array, kt: int, st: int, t_out: int) -> list[Array]:

@@ -32,8 +32,10 @@ CASES = [
 
 
 # Inputs that reach every lowering: thin (taps stacked on channels), wide (a 2D convolution per
-# tap), and tiny frames (im2col; also a window larger than the frame).
-INPUTS = {"thin": (2, 7, 9, 10, 5), "wide": (1, 6, 8, 7, 24), "tiny": (2, 3, 2, 2, 8)}
+# tap: 3 x 136 channels > layers.STACK_TAPS_MAX_CHANNELS), and tiny frames (im2col; also a window
+# larger than the frame).
+INPUTS = {"thin": (2, 7, 9, 10, 5), "wide": (1, 6, 8, 7, 136), "tiny": (2, 3, 2, 2, 8)}
+assert 3 * INPUTS["wide"][-1] > layers.STACK_TAPS_MAX_CHANNELS >= 7 * INPUTS["thin"][-1]
 
 
 @pytest.mark.parametrize("input_name", sorted(INPUTS))
