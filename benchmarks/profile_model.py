@@ -47,7 +47,9 @@ def compiled_step(model_name: str, step: str, batch: int, frames: int, size: int
     else:
 
         def loss(params, v, x):
-            logits, updates = model.apply({**v, "params": params}, x, train=True, mutable=["batch_stats"])
+            logits, updates = model.apply(
+                {**v, "params": params}, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}
+            )
             return jnp.mean(logits**2), updates
 
         fn = jax.jit(lambda v, x: jax.grad(loss, has_aux=True)(v["params"], v, x))
