@@ -171,39 +171,74 @@ def benchmark_model(name: str, args) -> list[dict]:
             v.output = v.run()
         v.warmup_s = time.perf_counter() - start
         print(f"  [{name}] warm-up {v.label}: {v.warmup_s:.1f} s for {args.warmup} run(s)", flush=True)
-    for r in range(args.repeats):  # interleaved rounds
-        for v in variants:
-            v.time_once()
-        print(
-            f"  [{name}] round {r + 1}/{args.repeats}: "
-            + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants),
-            flush=True,
-        )
+    timed_rounds(name, variants, args.repeats)
 
     reference_out = next(v.output for v in variants if v.label == "torch NCDHW")
     scale = float(np.max(np.abs(reference_out)))
     flops = forward_flops(name, shape, args.num_classes)
     rows = []
     for v in variants:
-        ref_times = next(r for r in variants if r.label.startswith(REFERENCE) and r.dtype == v.dtype).times
-        best, median = min(v.times), statistics.median(v.times)
         diff = float(np.max(np.abs(v.output - reference_out)))
         rows.append(
             dict(
-                model=name,
-                variant=v.label,
-                best_ms=1e3 * best,
-                median_ms=1e3 * median,
-                clips_per_s=args.batch / best,
-                gflops=flops / best / 1e9,
-                peak_share=flops / best / 1e9 / args.peak[v.dtype],
-                speedup=min(ref_times) / best,
-                round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)),
+                timing_columns(name, v, variants, flops, args),
                 max_diff=diff,
                 rel_diff=diff / scale if scale else float("nan"),
             )
         )
     return rows
+
+
+def timed_rounds(name: str, variants: list[Variant], repeats: int, keep_last_output: bool = False) -> None:
+    """``repeats`` interleaved rounds, one timed run of every variant each (a shared machine's load
+    slows them alike); ``keep_last_output``: each variant's ``output`` is its latest run's."""
+    for r in range(repeats):
+        for v in variants:
+            if keep_last_output:
+                v.output = None
+            v.time_once()
+        print(
+            f"  [{name}] round {r + 1}/{repeats}: "
+            + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants),
+            flush=True,
+        )
+
+
+def timing_columns(name: str, v: Variant, variants: list[Variant], flops: float, args) -> dict:
+    """A row's timing columns: best and median ms, clips/s, GFLOP/s and share of ``args.peak`` for the
+    variant's dtype, speed against PyTorch channels_last_3d in the same dtype (best, per-round median)."""
+    ref_times = next(r for r in variants if r.label.startswith(REFERENCE) and r.dtype == v.dtype).times
+    best = min(v.times)
+    return dict(
+        model=name,
+        variant=v.label,
+        best_ms=1e3 * best,
+        median_ms=1e3 * statistics.median(v.times),
+        clips_per_s=args.batch / best,
+        gflops=flops / best / 1e9,
+        peak_share=flops / best / 1e9 / args.peak[v.dtype],
+        speedup=min(ref_times) / best,
+        round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)),
+    )
+
+
+def add_clip_args(p: argparse.ArgumentParser, batch: int) -> None:
+    """The clip, model and dtype flags both PyTorch comparisons take."""
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=112, help="frame height and width")
+    p.add_argument("--num-classes", type=int, default=101)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--bf16", action="store_true", help="add JAX dtype=bfloat16 and PyTorch autocast bf16 variants")
+
+
+def print_machine_and_peaks(args) -> None:
+    """The machine report, and ``args.peak``: the measured peak GFLOP/s per dtype compared."""
+    print(machine_report())
+    args.peak = {}
+    for dtype in ("float32", "bfloat16") if args.bf16 else ("float32",):
+        args.peak[dtype], line = peak_report(dtype)
+        print(line)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -226,15 +261,10 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per variant")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=112, help="frame height and width")
-    p.add_argument("--num-classes", type=int, default=101)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    add_clip_args(p, batch=8)
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 2, --quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 7, --quick 3)")
     p.add_argument("--no-jax-3d", action="store_true", help="skip the slow JAX lowering='3d' variant")
-    p.add_argument("--bf16", action="store_true", help="add JAX dtype=bfloat16 and PyTorch autocast bf16 variants")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument(
         "--cores",
@@ -258,11 +288,7 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    print(machine_report())
-    args.peak = {}
-    for dtype in ("float32", "bfloat16") if args.bf16 else ("float32",):
-        args.peak[dtype], line = peak_report(dtype)
-        print(line)
+    print_machine_and_peaks(args)
     print(
         f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 float32, eval mode, "
         f"{args.warmup} warm-up + {args.repeats} timed runs per variant (best and median reported)\n",

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -43,8 +42,14 @@ import torch  # noqa: E402
 import torch._dynamo  # noqa: E402,F401  (torch.optim loads it, and triton with it: before TensorFlow, see tests/conftest.py)
 
 from benchmarks import torch_reference  # noqa: E402
-from benchmarks.forward_throughput import MODELS, REFERENCE, Variant, forward_flops  # noqa: E402
-from benchmarks.machine import machine_report, peak_report  # noqa: E402
+from benchmarks.forward_throughput import (  # noqa: E402
+    Variant,
+    add_clip_args,
+    forward_flops,
+    print_machine_and_peaks,
+    timed_rounds,
+    timing_columns,
+)
 from experiments import base  # noqa: E402
 from semicnn_jax import inference, models, train  # noqa: E402
 
@@ -147,32 +152,14 @@ def benchmark_model(name: str, args) -> list[dict]:
         for _ in range(args.warmup - 1):
             v.run()
         print(f"  [{name}] warm-up {v.label}: first loss {first_loss[v.label]:.6f}", flush=True)
-    for r in range(args.repeats):  # interleaved rounds
-        for v in variants:
-            v.output = None  # keep the latest step's loss
-            v.time_once()
-        print(
-            f"  [{name}] round {r + 1}/{args.repeats}: "
-            + ", ".join(f"{v.label} {1e3 * v.times[-1]:.0f} ms" for v in variants),
-            flush=True,
-        )
+    timed_rounds(name, variants, args.repeats, keep_last_output=True)
     flops = TRAINING_FLOPS_PER_FORWARD * forward_flops(name, shape, args.num_classes)
     reference_loss = first_loss["torch NCDHW"]
     rows = []
     for v in variants:
-        ref_times = next(r for r in variants if r.label.startswith(REFERENCE) and r.dtype == v.dtype).times
-        best = min(v.times)
         rows.append(
             dict(
-                model=name,
-                variant=v.label,
-                best_ms=1e3 * best,
-                median_ms=1e3 * statistics.median(v.times),
-                clips_per_s=args.batch / best,
-                gflops=flops / best / 1e9,
-                peak_share=flops / best / 1e9 / args.peak[v.dtype],
-                speedup=min(ref_times) / best,
-                round_speedup=statistics.median(r / t for r, t in zip(ref_times, v.times)),
+                timing_columns(name, v, variants, flops, args),
                 first_loss=first_loss[v.label],
                 first_diff=abs(first_loss[v.label] - reference_loss),
                 last_loss=v.output,
@@ -202,14 +189,9 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="2 warm-up steps and 3 timed steps per variant")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=112, help="frame height and width")
-    p.add_argument("--num-classes", type=int, default=101)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    add_clip_args(p, batch=4)
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default 7, --quick 3)")
-    p.add_argument("--bf16", action="store_true", help="add JAX dtype=bfloat16 and PyTorch autocast bf16 variants")
     args = p.parse_args(argv)
     args.warmup = 2 if args.warmup is None else args.warmup
     args.repeats = args.repeats or (3 if args.quick else 7)
@@ -220,11 +202,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    print(machine_report())
-    args.peak = {}
-    for dtype in ("float32", "bfloat16") if args.bf16 else ("float32",):
-        args.peak[dtype], line = peak_report(dtype)
-        print(line)
+    print_machine_and_peaks(args)
     print(
         f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 uint8, training step, "
         f"{args.warmup} warm-up + {args.repeats} timed steps per variant (best and median reported)\n",
