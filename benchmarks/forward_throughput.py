@@ -241,29 +241,38 @@ def print_machine_and_peaks(args) -> None:
         print(line)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    out = [
-        "| model | framework/variant | ms/batch (best; median) | clips/s (best) | GFLOP/s (% of peak) | speed vs "
-        "PyTorch channels_last_3d, same dtype (best; per-round median) | max diff to torch fp32 (rel.) |",
-        "|---|---|---|---|---|---|---|",
+def markdown_table(rows: list[dict], unit: str = "ms/batch", extra: dict | None = None) -> str:
+    """The rows' timing columns, then ``extra``'s (header -> row -> cell)."""
+    extra = extra or {"max diff to torch fp32 (rel.)": lambda r: f"{r['max_diff']:.1e} ({r['rel_diff']:.0e})"}
+    headers = [
+        f"model | framework/variant | {unit} (best; median) | clips/s (best) | GFLOP/s (% of peak)",
+        "speed vs PyTorch channels_last_3d, same dtype (best; per-round median)",
+        *extra,
     ]
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * (5 + len(headers) - 1)]
     for r in rows:
-        out.append(
-            f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | "
-            f"{r['clips_per_s']:.2f} | {r['gflops']:.0f} ({100 * r['peak_share']:.0f} %) | "
-            f"{r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | {r['max_diff']:.1e} ({r['rel_diff']:.0e}) |"
-        )
+        cells = [
+            f"{r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | {r['clips_per_s']:.2f} | "
+            f"{r['gflops']:.0f} ({100 * r['peak_share']:.0f} %)",
+            f"{r['speedup']:.2f}x ({r['round_speedup']:.2f}x)",
+            *(cell(r) for cell in extra.values()),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
+def comparison_parser(doc: str, what: str, batch: int, warmup: str) -> argparse.ArgumentParser:
+    """Flags of both PyTorch comparisons: --quick, the clip's, --warmup and --repeats of ``what`` (runs, steps)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"3 timed {what} per variant")
+    add_clip_args(p, batch)
+    p.add_argument("--warmup", type=int, default=None, help=f"warm-up {what} ({warmup})")
+    p.add_argument("--repeats", type=int, default=None, help=f"timed {what} (default 7, --quick 3)")
+    return p
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per variant")
-    add_clip_args(p, batch=8)
-    p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 2, --quick 1)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 7, --quick 3)")
+    p = comparison_parser(__doc__, "runs", batch=8, warmup="default 2, --quick 1")
     p.add_argument("--no-jax-3d", action="store_true", help="skip the slow JAX lowering='3d' variant")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument(

@@ -27,7 +27,6 @@ and weight gradients of every layer), with its share of this machine's measured 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -44,8 +43,9 @@ import torch._dynamo  # noqa: E402,F401  (torch.optim loads it, and triton with 
 from benchmarks import torch_reference  # noqa: E402
 from benchmarks.forward_throughput import (  # noqa: E402
     Variant,
-    add_clip_args,
+    comparison_parser,
     forward_flops,
+    markdown_table,
     print_machine_and_peaks,
     timed_rounds,
     timing_columns,
@@ -168,30 +168,14 @@ def benchmark_model(name: str, args) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    out = [
-        "| model | framework/variant | ms/step (best; median) | clips/s (best) | GFLOP/s (% of peak) | speed vs "
-        "PyTorch channels_last_3d, same dtype (best; per-round median) | first loss (diff to torch NCDHW) | "
-        "last loss |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['model']} | {r['variant']} | {r['best_ms']:.0f}; {r['median_ms']:.0f} | {r['clips_per_s']:.2f} | "
-            f"{r['gflops']:.0f} ({100 * r['peak_share']:.0f} %) | {r['speedup']:.2f}x ({r['round_speedup']:.2f}x) | "
-            f"{r['first_loss']:.5f} ({r['first_diff']:.1e}) | {r['last_loss']:.4g} |"
-        )
-    return "\n".join(out)
+LOSS_COLUMNS = {
+    "first loss (diff to torch NCDHW)": lambda r: f"{r['first_loss']:.5f} ({r['first_diff']:.1e})",
+    "last loss": lambda r: f"{r['last_loss']:.4g}",
+}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="2 warm-up steps and 3 timed steps per variant")
-    add_clip_args(p, batch=4)
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed steps (default 7, --quick 3)")
+    p = comparison_parser(__doc__, "steps", batch=4, warmup="default 2")
     args = p.parse_args(argv)
     args.warmup = 2 if args.warmup is None else args.warmup
     args.repeats = args.repeats or (3 if args.quick else 7)
@@ -212,7 +196,7 @@ def main(argv=None) -> list[dict]:
     for name in args.models:
         rows += benchmark_model(name, args)
     print()
-    print(markdown_table(rows))
+    print(markdown_table(rows, "ms/step", LOSS_COLUMNS))
     return rows
 
 
