@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import torch_reference  # noqa: E402
-from benchmarks.machine import machine_report, peak_report  # noqa: E402
+from benchmarks.machine import machine_report, peak_report, torch_autocast  # noqa: E402
 from semicnn_jax import models  # noqa: E402
 
 MODELS = ("semi_resnet18", "resnet18_3d")
@@ -125,25 +125,29 @@ def build_variants(name: str, clip: np.ndarray, variables, args) -> list[Variant
 
         variants.append(Variant(label, run, dtype))
 
-    torch_variants = [
-        ("NCDHW", torch.contiguous_format, "float32"),
-        ("channels_last_3d", torch.channels_last_3d, "float32"),
-    ]
-    if args.bf16:
-        torch_variants.append(("channels_last_3d", torch.channels_last_3d, "bfloat16"))
-    for fmt_name, fmt, dtype in torch_variants:
+    for label, fmt, dtype in torch_variants(args.bf16):
         net = torch_reference.create(name, num_classes=args.num_classes).eval()
         torch_reference.load_flax_variables(net, variables)
         net = net.to(memory_format=fmt)
         x_t = torch_reference.clip_to_torch(clip, fmt)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
-        def run(net=net, x_t=x_t, autocast=autocast):
+        def run(net=net, x_t=x_t, autocast=torch_autocast(dtype)):
             with torch.inference_mode(), autocast:
                 return net(x_t).float().numpy()
 
-        suffix = ", autocast bfloat16" if dtype == "bfloat16" else ""
-        variants.append(Variant(f"torch {fmt_name}{suffix}", run, dtype))
+        variants.append(Variant(label, run, dtype))
+    return variants
+
+
+def torch_variants(bf16: bool) -> list[tuple[str, torch.memory_format, str]]:
+    """(label, memory format, dtype) of the PyTorch variants: NCDHW and channels_last_3d in float32, and
+    channels_last_3d under bf16 autocast with ``bf16``."""
+    variants = [
+        ("torch NCDHW", torch.contiguous_format, "float32"),
+        (REFERENCE, torch.channels_last_3d, "float32"),
+    ]
+    if bf16:
+        variants.append((f"{REFERENCE}, autocast bfloat16", torch.channels_last_3d, "bfloat16"))
     return variants
 
 
@@ -297,17 +301,21 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    return run_comparison(args, benchmark_model, "float32, eval mode", "runs", markdown_table)
+
+
+def run_comparison(args, benchmark, what: str, unit: str, table) -> list[dict]:
+    """Prints the machine and peaks, runs ``benchmark(name, args)`` for every model, prints the ``table``
+    of the rows and returns them."""
     print_machine_and_peaks(args)
     print(
-        f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 float32, eval mode, "
-        f"{args.warmup} warm-up + {args.repeats} timed runs per variant (best and median reported)\n",
+        f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 {what}, "
+        f"{args.warmup} warm-up + {args.repeats} timed {unit} per variant (best and median reported)\n",
         flush=True,
     )
-    rows = []
-    for name in args.models:
-        rows += benchmark_model(name, args)
+    rows = [row for name in args.models for row in benchmark(name, args)]
     print()
-    print(markdown_table(rows))
+    print(table(rows))
     return rows
 
 

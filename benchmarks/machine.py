@@ -68,6 +68,11 @@ def best_seconds(run, repeats: int = 5) -> float:
     return min(times)
 
 
+def torch_autocast(dtype: str):
+    """PyTorch's CPU autocast to bfloat16 for ``dtype == "bfloat16"`` (oneDNN's bf16 kernels), else a no-op."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 # The probes: a square matrix product and a 3x3 convolution on a ResNet layer's shape (NHWC), each
 # large enough to keep every core busy. (name, flops, jax fn, torch fn) built per dtype.
 MATMUL = 2048
@@ -89,7 +94,7 @@ def _probes(dtype: str):
     ta = torch.from_numpy(a)
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(ci, co, 3, padding=1, bias=False).eval()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    autocast = torch_autocast(dtype)
 
     def torch_run(fn):
         def run():

@@ -46,10 +46,12 @@ from benchmarks.forward_throughput import (  # noqa: E402
     comparison_parser,
     forward_flops,
     markdown_table,
-    print_machine_and_peaks,
+    run_comparison,
     timed_rounds,
     timing_columns,
+    torch_variants,
 )
+from benchmarks.machine import torch_autocast  # noqa: E402
 from experiments import base  # noqa: E402
 from semicnn_jax import inference, models, train  # noqa: E402
 
@@ -93,7 +95,7 @@ def torch_step(name: str, variables, clip: np.ndarray, labels: np.ndarray, confi
     mean = torch.from_numpy(inference.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
     std = torch.from_numpy(inference.IMAGENET_STD).view(1, 3, 1, 1, 1)
     target = torch.from_numpy(labels.astype(np.int64))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    autocast = torch_autocast(dtype)
 
     def run():
         opt.zero_grad(set_to_none=True)
@@ -120,21 +122,9 @@ def build_variants(name: str, clip, labels, config, args) -> list[Variant]:
         )
         for d in dtypes
     ]
-    torch_variants = [
-        ("NCDHW", torch.contiguous_format, "float32"),
-        ("channels_last_3d", torch.channels_last_3d, "float32"),
-    ]
-    if args.bf16:
-        torch_variants.append(("channels_last_3d", torch.channels_last_3d, "bfloat16"))
-    for fmt_name, fmt, dtype in torch_variants:
-        suffix = ", autocast bfloat16" if dtype == "bfloat16" else ""
-        variants.append(
-            Variant(
-                f"torch {fmt_name}{suffix}",
-                torch_step(name, variables, clip, labels, config, args.num_classes, fmt, dtype),
-                dtype,
-            )
-        )
+    for label, fmt, dtype in torch_variants(args.bf16):
+        run = torch_step(name, variables, clip, labels, config, args.num_classes, fmt, dtype)
+        variants.append(Variant(label, run, dtype))
     return variants
 
 
@@ -186,18 +176,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    print_machine_and_peaks(args)
-    print(
-        f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 uint8, training step, "
-        f"{args.warmup} warm-up + {args.repeats} timed steps per variant (best and median reported)\n",
-        flush=True,
-    )
-    rows = []
-    for name in args.models:
-        rows += benchmark_model(name, args)
-    print()
-    print(markdown_table(rows, "ms/step", LOSS_COLUMNS))
-    return rows
+    table = functools.partial(markdown_table, unit="ms/step", extra=LOSS_COLUMNS)
+    return run_comparison(args, benchmark_model, "uint8, training step", "steps", table)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ def test_convolutions_compile_to_xla_kernels_not_ynnpack():
     def conv(x, k):
         return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    hlo = jax.jit(conv).lower(jnp.zeros((8, 28, 28, 64)), jnp.zeros((3, 3, 64, 64))).compile().as_text()
+    args = jnp.zeros((8, 28, 28, 64)), jnp.zeros((3, 3, 64, 64))
+    hlo = jax.jit(conv).lower(*args).compile().as_text()
     assert " convolution(" in hlo
     assert "__ynn_fusion" not in hlo
     # and the same compile with the flag's effect undone does use YNNPACK (the check above can fail)
     ynn = jax.jit(conv, compiler_options={xla_cpu.FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"})
-    assert "__ynn_fusion" in ynn.lower(jnp.zeros((8, 28, 28, 64)), jnp.zeros((3, 3, 64, 64))).compile().as_text()
+    assert "__ynn_fusion" in ynn.lower(*args).compile().as_text()
