@@ -219,3 +219,34 @@ def test_training_source_repeats_or_renews_its_clips_each_epoch(fresh):
     else:  # the same 16 clips in another order
         np.testing.assert_array_equal(v0, v1)
         np.testing.assert_array_equal(l0, l1)
+
+
+def test_source_serves_uint8_and_renders_a_fixed_set_once(monkeypatch):
+    from experiments import demo
+    from semicnn_jax.data import pipeline, source
+
+    config = demo.get_config()
+    config.num_frames, config.crop_size = 2, 8
+    config.dataset.train_size, config.dataset.eval_size = 16, 6
+    rendered = []
+    render = sm.batch_for_indices
+    monkeypatch.setattr(
+        sm, "batch_for_indices", lambda seed, idx, *a: rendered.append(len(idx)) or render(seed, idx, *a)
+    )
+
+    def batches(source):
+        return [b for e in (0, 1) for b in source.train_batches(e, 0, 8)] + list(source.eval_batches(4))
+
+    cached = batches(pipeline.create(config))
+    assert sum(rendered) == 16 + 8  # each training clip once, the eval set (6 clips in 2 padded batches) once
+    monkeypatch.setattr(sm, "CACHE_BYTES", 0)
+    del rendered[:]
+    uncached = batches(pipeline.create(config))
+    assert sum(rendered) == 2 * 16 + 8
+    for a, b in zip(cached, uncached, strict=True):
+        assert a["video"].dtype == np.uint8 and set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    first = source.epoch_order(config.seed, 0, 16)[:8]  # the first batch's clips, rendered in float
+    floats = np.asarray(render(config.seed, first, 2, 8)[0])
+    np.testing.assert_array_equal(cached[0]["video"], np.round(floats * 255).astype(np.uint8))
