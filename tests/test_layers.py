@@ -1,5 +1,6 @@
 """Convolution lowerings and pooling primitives against independent references."""
 
+import functools
 import itertools
 
 import jax
@@ -41,18 +42,41 @@ assert 3 * INPUTS["wide"][-1] > layers.STACK_TAPS_MAX_CHANNELS >= 7 * INPUTS["th
 @pytest.mark.parametrize("input_name", sorted(INPUTS))
 @pytest.mark.parametrize("kernel_shape,strides,padding", CASES)
 def test_lowerings_equal_plain_3d_convolution(kernel_shape, strides, padding, input_name):
-    kx, kk = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, INPUTS[input_name])
-    kernel = jax.random.normal(kk, kernel_shape + (x.shape[-1], 6))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(INPUTS[input_name], np.float32)
+    kernel = rng.standard_normal(kernel_shape + (x.shape[-1], 6), np.float32)
+    hi = lax.Precision.HIGHEST
     plain = lax.conv_general_dilated(
-        x, kernel, strides, padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=lax.Precision.HIGHEST
+        x, kernel, strides, padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=hi
     )
-    for lowering in ("2d", "3d"):
-        lowered = jax.jit(
-            lambda a, b: layers.conv3d(a, b, strides, padding, lowering, precision=lax.Precision.HIGHEST)
-        )(x, kernel)
-        assert lowered.shape == plain.shape
-        np.testing.assert_allclose(lowered, plain, rtol=1e-5, atol=1e-5 * float(jnp.abs(plain).max()))
+    lowered = jax.jit(lambda a, b: [layers.conv3d(a, b, strides, padding, lowering, hi) for lowering in ("2d", "3d")])
+    for y in lowered(x, kernel):
+        assert y.shape == plain.shape
+        np.testing.assert_allclose(y, plain, rtol=1e-5, atol=1e-5 * float(jnp.abs(plain).max()))
+
+
+# Every path through the '2d' lowering's 2D convolutions, inputs wide enough to be materialised: 32 channels
+# (temporal taps stacked), 136 (one 2D convolution per temporal tap).
+GRADIENT_CASES = [(case, 32) for case in CASES if case[0] != (1, 1, 1)] + [(CASES[7], 136)]
+
+
+@pytest.mark.parametrize("case,channels", GRADIENT_CASES)
+def test_lowered_gradients_equal_plain_3d_convolution_gradients(case, channels):
+    """The '2d' lowering's 2D convolutions have their own VJP: input and kernel gradients equal the plain 3D
+    convolution's."""
+    kernel_shape, strides, padding = case
+    rng = np.random.default_rng(1)  # numpy draws: no random-number program to compile per case
+    x = rng.standard_normal((1, 5, 7, 6, channels), np.float32)
+    kernel = rng.standard_normal(kernel_shape + (channels, 4), np.float32)
+    hi = lax.Precision.HIGHEST
+
+    def conv(lowering):
+        return functools.partial(layers.conv3d, strides=strides, padding=padding, lowering=lowering, precision=hi)
+
+    cotangent = rng.standard_normal(jax.eval_shape(conv("3d"), x, kernel).shape, np.float32)
+    grads = jax.jit(lambda lowering: jax.vjp(conv(lowering), x, kernel)[1](cotangent), static_argnums=0)
+    for got, want in zip(grads("2d"), grads("3d"), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
 def test_conv_matches_torch_conv3d():
