@@ -344,7 +344,7 @@ def example(seed: int, index: int, num_frames: int = 16, size: int = 64) -> tupl
 FIELDS = {"train_size": 4096, "eval_size": 512, "fresh_clips": False}  # the dataset.* fields the source uses
 
 # Rendered clips kept in memory when the fixed training set and the evaluation set fit in this many bytes
-# (the demo's 4096 + 512 clips of 8x48x48: 254 MiB): every epoch after the first reads them instead of
+# (the demo's 4096 + 512 clips of 8x48x48: 243 MiB): every epoch after the first reads them instead of
 # rendering them again, which costs 5 ms of the CPU per batch of 32 (7 % of the demo's training step).
 CACHE_BYTES = 1 << 30
 
