@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -111,10 +112,10 @@ def _materialized(x: Array) -> Array:
     transpose of the stored input. Through the concatenation both the forward convolution and the
     transposes read one stored copy: semi_resnet18's training step 10 % faster (``benchmarks/README.md``).
     The ``reduce_precision`` to the dtype's own precision (no change) keeps XLA from folding the two
-    halves back into ``x``. Concatenations of fewer than 64 bytes per position are fused anyway: skipped.
+    halves back into ``x``. Thinner inputs (``FUSED_CONCAT_BYTES``) would be fused anyway: left as they are.
     """
     c = x.shape[-1]
-    if c * x.dtype.itemsize < 64:
+    if c * x.dtype.itemsize < FUSED_CONCAT_BYTES:
         return x
     info = jnp.finfo(x.dtype)
     return jnp.concatenate([x[..., : c // 2], lax.reduce_precision(x[..., c // 2 :], info.nexp, info.nmant)], -1)
@@ -129,10 +130,27 @@ SMALL_OUTPUT = 32  # output positions per clip at or below which im2col + one ma
 # wider copy) instead of one 2D convolution per tap, summed: the stacked form's gradients are 11-18 %
 # faster for 3x3x3 at 64-128 channels, and resnet18_3d's training step 5 % (benchmarks/README.md).
 STACK_TAPS_MAX_CHANNELS = 384
+# Bytes per position under which XLA's CPU fusion merges a concatenation along channels into its users
+# (a branchy loop per element) instead of running it as a copy of whole rows.
+FUSED_CONCAT_BYTES = 64
 
 
 def _time_slices(x: Array, kt: int, st: int, t_out: int) -> list[Array]:
     return [lax.slice_in_dim(x, dt, dt + st * (t_out - 1) + 1, stride=st, axis=1) for dt in range(kt)]
+
+
+def _stacked_taps(x: Array, kt: int, st: int, t_out: int) -> Array:
+    """``[N, t_out, H, W, kt * C]``: output frame ``i``'s ``kt`` input frames side by side on channels (tap-major).
+
+    Under 64 bytes of channels (the 7x7x7 stem's 3) as one gather of the frames and a transpose: XLA's
+    concatenation of such thin slices runs a branchy loop on one thread (resnet18_3d's stem, batch 8:
+    53 -> 26 ms; its forward + kernel gradient 593 -> 525 ms). Wider, the concatenation copies whole rows.
+    """
+    n, _, h, w, c = x.shape
+    if c * x.dtype.itemsize < FUSED_CONCAT_BYTES:
+        frames = st * np.arange(t_out)[:, None] + np.arange(kt)[None, :]
+        return jnp.moveaxis(x[:, frames], 2, 4).reshape(n, t_out, h, w, kt * c)
+    return jnp.concatenate(_time_slices(x, kt, st, t_out), axis=-1)
 
 
 def _im2col(x: Array, kernel: Array, strides: Triple, padding: Padding, out_shape, precision) -> Array:
@@ -185,17 +203,16 @@ def conv3d(
         return y.reshape(n, t_out, h, w, cout)
 
     x = jnp.pad(x, ((0, 0), pt, (0, 0), (0, 0), (0, 0))) if pt != (0, 0) else x
-    taps = _time_slices(x, kt, st, t_out)
     if kt > 1 and kt * c <= STACK_TAPS_MAX_CHANNELS:
         # Thin input: the temporal taps side by side on channels, one 2D convolution.
-        stacked = jnp.concatenate(taps, axis=-1).reshape(n * t_out, h, w, kt * c)
+        stacked = _stacked_taps(x, kt, st, t_out).reshape(n * t_out, h, w, kt * c)
         kernel2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * c, cout)
         y = _conv2d(stacked, kernel2d, (sh, sw), (ph, pw), precision)
     else:
         # A 2D convolution per temporal tap, time folded into the batch, summed.
         y = sum(
             _conv2d(xs.reshape(n * t_out, h, w, c), kernel[dt], (sh, sw), (ph, pw), precision)
-            for dt, xs in enumerate(taps)
+            for dt, xs in enumerate(_time_slices(x, kt, st, t_out))
         )
     return y.reshape(n, t_out, y.shape[1], y.shape[2], cout)
 

@@ -56,8 +56,10 @@ def test_lowerings_equal_plain_3d_convolution(kernel_shape, strides, padding, in
 
 
 # Every path through the '2d' lowering's 2D convolutions, inputs wide enough to be materialised: 32 channels
-# (temporal taps stacked), 136 (one 2D convolution per temporal tap).
+# (temporal taps stacked by concatenation), 136 (one 2D convolution per temporal tap); and 5 channels (taps
+# stacked by a gather).
 GRADIENT_CASES = [(case, 32) for case in CASES if case[0] != (1, 1, 1)] + [(CASES[7], 136)]
+GRADIENT_CASES += [(CASES[7], 5), (CASES[10], 5)]
 
 
 @pytest.mark.parametrize("case,channels", GRADIENT_CASES)
