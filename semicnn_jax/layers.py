@@ -110,7 +110,8 @@ def _materialized(x: Array) -> Array:
     fuses the input's producer (BatchNorm, ReLU, the residual addition) into that transposing copy and
     recomputes it in transposed order, 20-40 ms for a 64x28x28x64 input against 1.1 ms for a plain
     transpose of the stored input. Through the concatenation both the forward convolution and the
-    transposes read one stored copy: semi_resnet18's training step 10 % faster (``benchmarks/README.md``).
+    transposes read one stored copy: semi_resnet18's gradient 10 % faster, its training step 5 %
+    (``benchmarks/README.md``).
     The ``reduce_precision`` to the dtype's own precision (no change) keeps XLA from folding the two
     halves back into ``x``. Thinner inputs (``FUSED_CONCAT_BYTES``) would be fused anyway: left as they are.
     """
@@ -142,7 +143,7 @@ def _time_slices(x: Array, kt: int, st: int, t_out: int) -> list[Array]:
 def _stacked_taps(x: Array, kt: int, st: int, t_out: int) -> Array:
     """``[N, t_out, H, W, kt * C]``: output frame ``i``'s ``kt`` input frames side by side on channels (tap-major).
 
-    Under 64 bytes of channels (the 7x7x7 stem's 3) as one gather of the frames and a transpose: XLA's
+    Under ``FUSED_CONCAT_BYTES`` of channels (the 7x7x7 stem's 3) as one gather of the frames and a transpose: XLA's
     concatenation of such thin slices runs a branchy loop on one thread (resnet18_3d's stem, batch 8:
     53 -> 26 ms; its forward + kernel gradient 593 -> 525 ms). Wider, the concatenation copies whole rows.
     """

@@ -372,26 +372,28 @@ class SyntheticMotion:
         # Fresh training clips every epoch (epoch e renders indices e * train_size + ...), or the same set.
         self.fresh_clips = bool(ds.get("fresh_clips", FIELDS["fresh_clips"]))
 
-        clip_bytes = self.num_frames * self.size * self.size * 3
-        cached = (self.info.num_train + self.info.num_eval) * clip_bytes <= CACHE_BYTES
-        self._cache = {}  # seed -> (clips uint8 [n, T, S, S, 3], rendered bool [n]) of the fixed sets
-        if cached:
-            sets = {self.eval_seed: self.info.num_eval}
-            if not self.fresh_clips:
-                sets[self.seed] = self.info.num_train
-            shape = (self.num_frames, self.size, self.size, 3)
-            self._cache = {s: (np.zeros((n,) + shape, np.uint8), np.zeros(n, bool)) for s, n in sets.items()}
+        # The fixed sets (evaluation; training unless fresh_clips), kept once rendered if they fit in CACHE_BYTES.
+        sets = {self.eval_seed: self.info.num_eval}
+        if not self.fresh_clips:
+            sets[self.seed] = self.info.num_train
+        shape = (self.num_frames, self.size, self.size, 3)
+        fits = sum(sets.values()) * math.prod(shape) <= CACHE_BYTES
+        # seed -> (clips uint8 [n, T, S, S, 3], rendered bool [n])
+        self._cache = (
+            {s: (np.zeros((n,) + shape, np.uint8), np.zeros(n, bool)) for s, n in sets.items()} if fits else {}
+        )
 
     def _render(self, seed: int, indices: np.ndarray) -> np.ndarray:
         """The clips ``indices`` of set ``seed`` as uint8 frames (rounded as a video stores them), rendered
-        once per run where the set is kept in memory."""
-        if seed not in self._cache:
-            return np.asarray(_quantize(batch_for_indices(seed, indices, self.num_frames, self.size)[0]))
-        clips, rendered = self._cache[seed]
-        if not rendered[indices].all():  # the whole batch (one shape to compile; a clip renders bitwise alike)
-            clips[indices] = np.asarray(_quantize(batch_for_indices(seed, indices, self.num_frames, self.size)[0]))
-            rendered[indices] = True
-        return clips[indices]
+        once per run where the set is kept in memory (a whole batch at a time: one shape to compile, and a
+        clip renders bitwise alike in any batch)."""
+        clips, rendered = self._cache.get(seed, (None, None))
+        if clips is not None and rendered[indices].all():
+            return clips[indices]
+        video = np.asarray(_quantize(batch_for_indices(seed, indices, self.num_frames, self.size)[0]))
+        if clips is not None:
+            clips[indices], rendered[indices] = video, True
+        return video
 
     def train_batches(self, epoch: int, start_step: int, global_batch: int) -> Iterator[dict]:
         order = source.epoch_order(self.seed, epoch, self.info.num_train)
@@ -410,9 +412,8 @@ class SyntheticMotion:
         rows = source.process_slice(global_batch)
         for idx, mask in source.eval_index_batches(self.info.num_eval, global_batch):
             idx = idx[rows]
-            video = self._render(self.eval_seed, idx)
             yield {
-                "video": video,
+                "video": self._render(self.eval_seed, idx),
                 "label": np.asarray(labels_for_indices(idx)),
                 "mask": mask[rows],
                 "video_index": idx.astype(np.int32),
