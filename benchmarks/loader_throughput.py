@@ -6,8 +6,9 @@
 Writes a fake release (official layout, 320x240 MPEG-4 .avi at ~600 kbit/s like UCF-101, detailed
 panning content) twice: with a keyframe every 12 frames (FFmpeg's default) and every 250 (a long-GOP
 encoder such as Xvid's default; how often UCF-101's files have keyframes varies); then prepares the
-second with ``semicnn_jax.data.prepare``. For each format it reports
+second with ``semicnn_jax.data.prepare`` (``--quantizer``, default 3 like ``prepare``'s). For each format it reports
 
+* the prepared copy's fidelity: PSNR of its centre crops (what evaluation reads) against the release's;
 * per core: clips/s of one training example (``video.read_train_clip``, what the loader's workers
   run) built in this process, from CPU time (robust to other jobs on the machine), split into
   decoding alone (``video.decode_clip``: the YUV frames) and the rest (crop + resize + flip + RGB);
@@ -90,6 +91,18 @@ def per_core(source, clips: int, args) -> tuple[float, float]:
     return decode / clips, (total - decode) / clips
 
 
+def psnr_to_release(source, release, args, videos: int = 4) -> float:
+    """PSNR (dB) of the first ``videos`` training videos' centre crops (what evaluation reads, at
+    ``args.crop``) in ``source`` against the same crops of ``release``: what preparing a copy loses."""
+    errors = [
+        np.mean(
+            (video.read_eval_frames(a.path, args.crop).astype(float) - video.read_eval_frames(b.path, args.crop)) ** 2
+        )
+        for a, b in zip(source.train[:videos], release.train[:videos])
+    ]
+    return 10 * np.log10(255**2 / np.mean(errors))
+
+
 def loader_rate(source, args) -> float:
     """Wall-clock clips/s of the training loader after ``args.warmup`` batches."""
     steps = source.info.num_train // args.batch
@@ -115,6 +128,7 @@ def main():
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--num_frames", type=int, default=16)
     parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--quantizer", type=int, default=3, help="prepare's --quantizer")
     parser.add_argument("--dir", default="", help="where to write the videos (default: a temporary folder)")
     args = parser.parse_args()
     root = args.dir or tempfile.mkdtemp(prefix="loader_throughput_")
@@ -125,10 +139,19 @@ def main():
         if not os.path.exists(os.path.join(data_dir, "ucfTrainTestlist")):
             write_release(data_dir, args.videos, args.frames, keyframe_every)
         formats[f".avi, keyframe every {keyframe_every}"] = (data_dir, "")
-    prepared = os.path.join(root, "prepared")
+    prepared = os.path.join(root, f"prepared_q{args.quantizer}")
     if not os.path.exists(os.path.join(prepared, index.PREPARED_INDEX)):
-        prepare.prepare(formats[".avi, keyframe every 250"][0], prepared, workers=1, keyframe_every=args.num_frames)
-    formats["prepared (MPEG-4, keyframe every 16)"] = (formats[".avi, keyframe every 250"][0], prepared)
+        prepare.prepare(
+            formats[".avi, keyframe every 250"][0],
+            prepared,
+            workers=1,
+            keyframe_every=args.num_frames,
+            quantizer=args.quantizer,
+        )
+    formats[f"prepared (MPEG-4, keyframe every {args.num_frames}, quantiser {args.quantizer})"] = (
+        formats[".avi, keyframe every 250"][0],
+        prepared,
+    )
 
     def size(folder):
         return sum(
@@ -140,12 +163,29 @@ def main():
         kib = size(prepared_dir or os.path.join(data_dir, "UCF-101")) / 1024 / (args.videos * args.frames)
         source = pipeline.create(config_for(data_dir, prepared_dir, 0, args))
         decode, augment = per_core(source, args.clips, args)
-        row = [name, f"{kib:.1f}", f"{1000 * decode:.1f}", f"{1000 * augment:.1f}", f"{1 / (decode + augment):.0f}"]
+        psnr = (
+            psnr_to_release(source, pipeline.create(config_for(data_dir, "", 0, args)), args) if prepared_dir else None
+        )
+        row = [
+            name,
+            f"{kib:.1f}",
+            f"{psnr:.1f}" if psnr else "(release)",
+            f"{1000 * decode:.1f}",
+            f"{1000 * augment:.1f}",
+        ]
+        row.append(f"{1 / (decode + augment):.0f}")
         for workers in (int(w) for w in args.workers.split(",")):
             rate = loader_rate(pipeline.create(config_for(data_dir, prepared_dir, workers, args)), args)
             row.append(f"{rate:.0f} ({rate / workers:.0f}/worker)")
         rows.append(row)
-    header = ["format", "KiB/frame", "decode ms/clip", "crop+resize+RGB ms/clip", "clips/s/core (CPU time)"]
+    header = [
+        "format",
+        "KiB/frame",
+        "PSNR to the release, dB",
+        "decode ms/clip",
+        "crop+resize+RGB ms/clip",
+        "clips/s/core (CPU time)",
+    ]
     header += [f"loader, {w} worker(s), clips/s" for w in args.workers.split(",")]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     print(

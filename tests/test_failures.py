@@ -18,7 +18,7 @@ from test_train import _Hooked
 
 from experiments import base
 from semicnn_jax import checkpoints, configs, exits, models, predict, train
-from semicnn_jax.data import pipeline, video
+from semicnn_jax.data import pipeline, prepare, video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -312,6 +312,9 @@ def test_a_rotated_stream_is_read_as_displayed_in_whole_frames_and_every_crop(tm
             assert np.abs(got.astype(int) - expected).mean() < 3, (corner, flip)
     clips = video.read_eval_clips(path, 6, 16)
     np.testing.assert_allclose(clips[0].mean((0, 3)), video.eval_clips(shown, 6, 16)[0].mean((0, 3)), atol=4)
+    copy = str(tmp_path / "prepared" / "portrait.mp4.avi")  # a prepared copy is stored upright
+    assert prepare.prepare_one(path, copy, 4, 3) == {"frames": 6}
+    assert video.probe_num_frames(copy) == 6 and np.abs(video.read_video(copy).astype(int) - shown).mean() < 1
 
 
 def test_predict_warns_when_a_video_decodes_fewer_frames_than_declared(tiny, tmp_path, capsys):

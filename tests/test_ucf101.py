@@ -341,7 +341,8 @@ def test_prepared_copy_reads_like_the_release(release, tmp_path):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["label"], y["label"])
         np.testing.assert_array_equal(x["mask"], y["mask"])
-        assert np.abs(x["video"].astype(int) - y["video"]).mean() < 3  # a second, near-lossless encoding
+        # a second encoding of the decoded YUV (0.4-0.6); through RGB, the chroma subsampled twice: 1.0-1.3
+        assert np.abs(x["video"].astype(int) - y["video"]).mean() < 0.8
     assert list(prepared.skipped_files()) == written["corrupt"]  # named by its release path
     os.remove(os.path.join(out, "index.json"))
     with pytest.raises(ValueError, match="index.json"):

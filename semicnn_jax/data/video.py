@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from fractions import Fraction
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import av
 import av.filter
@@ -94,20 +94,26 @@ def _open(path: str):
     return container, stream
 
 
-def _decode_all(path: str, convert) -> list:
-    """``convert(frame)`` of every frame; a stream that breaks after some frames keeps those."""
+def iter_frames(path: str) -> Iterator[av.VideoFrame]:
+    """Every decoded frame of ``path`` in order, as stored (see ``quarter_turns``); a stream that breaks
+    after some frames ends there; VideoError if unreadable or no frame decodes."""
     container, stream = _open(path)
-    frames = []
+    count = 0
     with container:
         try:
             for frame in container.decode(stream):
-                frames.append(convert(frame))
+                count += 1
+                yield frame
         except (av.FFmpegError, OSError) as e:
-            if not frames:
+            if not count:
                 raise VideoError(path, f"decoding failed ({type(e).__name__}: {e})") from None
-    if not frames:
+    if not count:
         raise VideoError(path, "no decodable frames")
-    return frames
+
+
+def _decode_all(path: str, convert) -> list:
+    """``convert(frame)`` of every frame (see ``iter_frames``)."""
+    return [convert(frame) for frame in iter_frames(path)]
 
 
 def read_video(path: str) -> np.ndarray:
@@ -192,11 +198,14 @@ def decode_clip(path: str, num_frames: int, position: float) -> list:
     return _read_frames(path, num_frames, position, lambda frame: frame)
 
 
-def read_train_clip(path: str, params: dict, num_frames: int, crop_size: int) -> np.ndarray:
+def read_train_clip(
+    path: str, params: dict, num_frames: int, crop_size: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``train_clip(read_clip(path, num_frames, params["position"]), params, crop_size)`` straight from the
-    decoded frames (see the module doc): ``uint8 [num_frames, crop_size, crop_size, 3]``."""
+    decoded frames (see the module doc): ``uint8 [num_frames, crop_size, crop_size, 3]``, written into
+    ``out`` if given (e.g. a row of a batch: each frame is copied once, from the scaler's output)."""
     crop = _FrameCrop(params["scale"], params["corner"], crop_size, params["flip"])
-    return np.stack(_read_frames(path, num_frames, params["position"], crop))
+    return np.stack(_read_frames(path, num_frames, params["position"], crop), out=out)
 
 
 def read_eval_clips(path: str, num_frames: int, crop_size: int) -> np.ndarray:

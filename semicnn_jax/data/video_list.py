@@ -139,10 +139,10 @@ class EvalRow(NamedTuple):
     error: str = ""
 
 
-def load_train(row: TrainRow, num_frames: int, crop_size: int) -> np.ndarray:
-    """The paper's training clip of one video (random start, multi-scale corner crop, flip)."""
+def load_train(row: TrainRow, out: np.ndarray, num_frames: int, crop_size: int) -> None:
+    """Writes the paper's training clip of one video (random start, multi-scale corner crop, flip) into ``out``."""
     params = video.train_params(np.random.default_rng([row.seed, row.epoch, row.index]))
-    return video.read_train_clip(row.path, params, num_frames, crop_size)
+    video.read_train_clip(row.path, params, num_frames, crop_size, out=out)
 
 
 @functools.lru_cache(maxsize=2)  # per process: a video's clips are consecutive rows
@@ -150,9 +150,9 @@ def _eval_clips(path: str, num_frames: int, crop_size: int) -> np.ndarray:
     return video.read_eval_clips(path, num_frames, crop_size)
 
 
-def load_eval(row: EvalRow, num_frames: int, crop_size: int) -> np.ndarray:
+def load_eval(row: EvalRow, out: np.ndarray, num_frames: int, crop_size: int) -> None:
     clips = _eval_clips(row.path, num_frames, crop_size)
-    return clips[min(row.clip, len(clips) - 1)]  # a header that overstated the length repeats the last clip
+    out[...] = clips[min(row.clip, len(clips) - 1)]  # a header that overstated the length repeats the last clip
 
 
 class TrainSchedule:
