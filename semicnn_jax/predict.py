@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from semicnn_jax import checkpoints, inference, models
+from semicnn_jax import checkpoints, compilation_cache, inference, models
 from semicnn_jax.data import video
 from semicnn_jax.inference import normalize  # training's ImageNet normalisation
 
@@ -342,6 +342,7 @@ def main(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS) -> int:
     if not videos:
         raise app.UsageError("name at least one video: python -m semicnn_jax.predict --workdir=RUN VIDEO...")
     logging.set_verbosity(logging.ERROR)  # orbax's notes on opening checkpoints read-only
+    compilation_cache.configure()
     try:
         model, variables, run = load_run(values.workdir, values.checkpoint)
     except RunError as e:

@@ -1,9 +1,13 @@
-"""semicnn_jax.xla_cpu: the flag that keeps convolutions out of YNNPACK reaches XLA, and yours wins."""
+"""semicnn_jax.xla_cpu: the flag that keeps convolutions out of YNNPACK reaches XLA, and yours wins;
+semicnn_jax.compilation_cache: where the programs' persistent compilation cache lives."""
+
+import logging
+import os
 
 import jax
 import jax.numpy as jnp
 
-from semicnn_jax import xla_cpu
+from semicnn_jax import compilation_cache, xla_cpu
 
 
 def test_configure_adds_the_flag_once_and_leaves_a_users_choice():
@@ -32,3 +36,22 @@ def test_convolutions_compile_to_xla_kernels_not_ynnpack():
     # and the same compile with the flag's effect undone does use YNNPACK (the check above can fail)
     ynn = jax.jit(conv, compiler_options={xla_cpu.FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"})
     assert "__ynn_fusion" in ynn.lower(*args).compile().as_text()
+
+
+def test_compilation_cache_follows_jax_variable_then_xdg_and_is_off_where_it_cannot_be(tmp_path, caplog):
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        mine = str(tmp_path / "mine")
+        assert compilation_cache.configure({"JAX_COMPILATION_CACHE_DIR": mine}) == mine
+        assert jax.config.jax_compilation_cache_dir == previous  # JAX's own variable: JAX read it
+        assert compilation_cache.configure({"JAX_COMPILATION_CACHE_DIR": ""}) is None  # turned off
+        home = tmp_path / "cache home"
+        expected = str(home / "semicnn_jax" / "xla")
+        assert compilation_cache.configure({"XDG_CACHE_HOME": str(home)}) == expected
+        assert os.path.isdir(expected) and jax.config.jax_compilation_cache_dir == expected
+        (tmp_path / "a file").write_text("")
+        with caplog.at_level(logging.WARNING):
+            assert compilation_cache.configure({"XDG_CACHE_HOME": str(tmp_path / "a file")}) is None
+        assert str(tmp_path / "a file" / "semicnn_jax" / "xla") in caplog.text
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
