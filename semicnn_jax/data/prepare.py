@@ -129,8 +129,7 @@ def prepare_one(src: str, dst: str, keyframe_every: int, quantizer: int) -> dict
     try:
         if os.path.exists(dst):
             return {"frames": sum(1 for _ in video.iter_frames(dst))}
-        with av.open(src) as container:
-            fps = container.streams.video[0].average_rate or 25
+        fps = video.frame_rate(src)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         return {"frames": encode(video.iter_frames(src), dst, fps, keyframe_every, quantizer)}
     except video.VideoError as e:

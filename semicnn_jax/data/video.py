@@ -124,6 +124,13 @@ def read_video(path: str) -> np.ndarray:
     return np.stack(_decode_all(path, _rgb))
 
 
+def frame_rate(path: str) -> Fraction:
+    """Frames per second the container declares (25 where it does not say); VideoError if unreadable."""
+    container, stream = _open(path)
+    with container:
+        return Fraction(stream.average_rate or stream.guessed_rate or 25)
+
+
 def probe_num_frames(path: str) -> int:
     """Number of frames from the container header; where it does not say (Matroska, WebM), the video
     packets counted without decoding them (0 if that fails too); VideoError if unreadable."""
