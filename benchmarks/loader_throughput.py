@@ -2,6 +2,7 @@
 
     python benchmarks/loader_throughput.py                  # 24 videos of 150 frames, workers 1 and 2
     python benchmarks/loader_throughput.py --videos 48 --batches 24 --workers 1,2,4
+    python benchmarks/loader_throughput.py --source 1280x720 --short_side 240 --videos 8 --frames 60  # HD videos
 
 Writes a fake release (official layout, 320x240 MPEG-4 .avi at ~600 kbit/s like UCF-101, detailed
 panning content) twice: with a keyframe every 12 frames (FFmpeg's default) and every 250 (a long-GOP
@@ -40,16 +41,18 @@ from semicnn_jax.data import index, pipeline, prepare, video  # noqa: E402
 CLASSES = ("ApplyEyeMakeup", "Basketball", "HandstandPushups", "YoYo")
 
 
-def write_release(root: str, videos: int, frames: int, keyframe_every: int) -> None:
+def write_release(
+    root: str, videos: int, frames: int, keyframe_every: int, width: int = 320, height: int = 240
+) -> None:
     names = []
     for i in range(videos):
         cls = CLASSES[i % len(CLASSES)]
         name = fake_ucf101.ucf_name(cls, 8 + i // len(CLASSES), 1)
         fake_ucf101.write_video(
             os.path.join(root, "UCF-101", name),
-            fake_ucf101.textured_frames(i, frames),
+            fake_ucf101.textured_frames(i, frames, height, width),
             gop_size=keyframe_every,
-            bit_rate=600_000,
+            bit_rate=600_000 * width * height // (320 * 240),  # UCF-101's bits per pixel
         )
         names.append((name, i % len(CLASSES)))
     lists = os.path.join(root, "ucfTrainTestlist")
@@ -129,17 +132,21 @@ def main():
     parser.add_argument("--num_frames", type=int, default=16)
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--quantizer", type=int, default=3, help="prepare's --quantizer")
+    parser.add_argument("--short_side", type=int, default=0, help="prepare's --short_side")
+    parser.add_argument("--source", default="320x240", help="the fake release's frame size, WxH")
     parser.add_argument("--dir", default="", help="where to write the videos (default: a temporary folder)")
     args = parser.parse_args()
     root = args.dir or tempfile.mkdtemp(prefix="loader_throughput_")
     print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; load average before: {os.getloadavg()}; videos in {root}")
     formats = {}
+    width, height = (int(n) for n in args.source.split("x"))
     for keyframe_every in (12, 250):
-        data_dir = os.path.join(root, f"avi_k{keyframe_every}")
+        data_dir = os.path.join(root, f"avi_{args.source}_k{keyframe_every}")
         if not os.path.exists(os.path.join(data_dir, "ucfTrainTestlist")):
-            write_release(data_dir, args.videos, args.frames, keyframe_every)
+            write_release(data_dir, args.videos, args.frames, keyframe_every, width, height)
         formats[f".avi, keyframe every {keyframe_every}"] = (data_dir, "")
-    prepared = os.path.join(root, f"prepared_q{args.quantizer}")
+    shrunk = f", short side {args.short_side}" if args.short_side else ""
+    prepared = os.path.join(root, f"prepared_{args.source}_q{args.quantizer}_s{args.short_side}")
     if not os.path.exists(os.path.join(prepared, index.PREPARED_INDEX)):
         prepare.prepare(
             formats[".avi, keyframe every 250"][0],
@@ -147,8 +154,9 @@ def main():
             workers=1,
             keyframe_every=args.num_frames,
             quantizer=args.quantizer,
+            short_side=args.short_side,
         )
-    formats[f"prepared (MPEG-4, keyframe every {args.num_frames}, quantiser {args.quantizer})"] = (
+    formats[f"prepared (MPEG-4, keyframe every {args.num_frames}, quantiser {args.quantizer}{shrunk})"] = (
         formats[".avi, keyframe every 250"][0],
         prepared,
     )
@@ -190,7 +198,7 @@ def main():
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     print(
         f"\n{args.num_frames}x{args.crop}x{args.crop} training clips, batch {args.batch}, "
-        f"{args.videos} videos of {args.frames} frames at 320x240"
+        f"{args.videos} videos of {args.frames} frames at {args.source}"
     )
     for r in [header, ["-" * w for w in widths]] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))

@@ -315,6 +315,11 @@ def test_a_rotated_stream_is_read_as_displayed_in_whole_frames_and_every_crop(tm
     copy = str(tmp_path / "prepared" / "portrait.mp4.avi")  # a prepared copy is stored upright
     assert prepare.prepare_one(path, copy, 4, 3) == {"frames": 6}
     assert video.probe_num_frames(copy) == 6 and np.abs(video.read_video(copy).astype(int) - shown).mean() < 1
+    small = str(tmp_path / "prepared" / "portrait small.mp4.avi")  # and at most 24 pixels on its short side
+    assert prepare.prepare_one(path, small, 4, 3, short_side=24) == {"frames": 6}
+    assert prepare.stored_size(1280, 720, 240) == (426, 240) and prepare.stored_size(321, 241, 256) == (320, 240)
+    halved = shown.reshape(6, 40, 2, 24, 2, 3).mean((2, 4))  # area scaling by exactly 1/2: 2x2 means
+    assert np.abs(video.read_video(small) - halved).mean() < 2
 
 
 def test_predict_warns_when_a_video_decodes_fewer_frames_than_declared(tiny, tmp_path, capsys):
