@@ -341,5 +341,8 @@ def test_prepare_works_for_any_file_dataset(trees, tmp_path):
     assert source.info == pipeline.create(config("folder", root)).info
     assert all(row.path.startswith(out) and row.frames == fd.FRAMES for row in source.train + source.val)
     assert next(source.train_batches(0, 0, 2))["mask"].all()
+    with pytest.raises(ValueError, match="quantizer': 3.*quantizer': 5.*new --out"):  # a rerun, other settings
+        prepare.prepare(root, out, workers=1, keyframe_every=4, quantizer=5, dataset="folder")
+    assert prepare.prepare(root, out, workers=1, keyframe_every=4, dataset="folder") == written  # same: kept
     lists = prepare.prepare(trees["list"][0], str(tmp_path / "lists"), workers=1, dataset="list", **LISTS)
     assert set(lists["videos"]) == set(fd.LIST_VIDEOS)

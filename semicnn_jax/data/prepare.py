@@ -23,7 +23,8 @@ their framing. With a keyframe every 16 frames a random 16-frame clip decodes at
 most 31 frames instead of everything since the release's last keyframe, and evaluation clips start on
 keyframes. The exact
 frame count of each video goes to ``index.json`` (written last, so its presence means "finished"),
-which also names the videos that could not be decoded. Rerunning skips the videos already written.
+which also names the videos that could not be decoded. Rerunning skips the videos already written;
+a rerun with other encoding settings into the same folder is refused (``prepare.json`` records them).
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ def prepare(
     if not files:
         raise ValueError(f"{root}: no videos found")
     copies = os.path.normpath(os.path.join(out, os.path.relpath(root, data_dir)))
+    _claim(out, {"keyframe_every": keyframe_every, "quantizer": quantizer, "short_side": short_side})
     index_path = os.path.join(out, index.PREPARED_INDEX)
     if os.path.exists(index_path):
         os.remove(index_path)  # unfinished until rewritten
@@ -237,6 +239,28 @@ def prepare(
         time.time() - start,
     )
     return index_data
+
+
+SETTINGS = "prepare.json"  # the encoding settings of a folder's copies, written before the first copy
+
+
+def _claim(out: str, settings: dict) -> None:
+    """Records ``settings`` in ``out``; refuses (before any work) a folder whose copies were made with
+    others: a rerun keeps the copies already written, which would mix two encodings."""
+    path = os.path.join(out, SETTINGS)
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before != settings:
+            raise ValueError(
+                f"{out} holds copies prepared with {before}, not {settings}: prepare into a new --out "
+                "(or delete that folder)"
+            )
+        return
+    os.makedirs(out, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(settings, f)
+    os.replace(path + ".tmp", path)
 
 
 class _Inline(concurrent.futures.Executor):
