@@ -8,7 +8,10 @@ devices, so a stale entry is never used; it keeps only compilations that took ov
 ``main`` and ``predict`` call ``configure()`` before they compile anything: JAX's own
 ``JAX_COMPILATION_CACHE_DIR`` wins when it is set (an empty value turns the cache off), else the cache
 lives in ``$XDG_CACHE_HOME/semicnn_jax/xla`` (``~/.cache/semicnn_jax/xla``). A folder that cannot be
-created turns the cache off with a warning; nothing else changes.
+created turns the cache off with a warning; nothing else changes. That folder is kept under 4 GiB
+(least recently used entries removed). In a run of many processes JAX writes entries from process 0
+only: other hosts get cache hits where the folder is shared (set ``JAX_COMPILATION_CACHE_DIR`` to a
+shared path).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import jax
 from absl import logging
 
 ENV = "JAX_COMPILATION_CACHE_DIR"
+MAX_BYTES = 4 << 30  # the default folder's size limit
 
 
 def default_directory(environ: Mapping[str, str] = os.environ) -> str:
@@ -39,5 +43,7 @@ def configure(environ: Mapping[str, str] = os.environ) -> str | None:
         logging.warning("XLA compilation cache off: cannot create %s (%s)", directory, e.strerror or e)
         return None
     jax.config.update("jax_compilation_cache_dir", directory)
+    if jax.config.jax_compilation_cache_max_size < 0:  # JAX's default: unbounded
+        jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)  # least recently used entries go first
     logging.info("XLA compilation cache: %s", directory)
     return directory

@@ -344,5 +344,10 @@ def test_prepare_works_for_any_file_dataset(trees, tmp_path):
     with pytest.raises(ValueError, match="quantizer': 3.*quantizer': 5.*new --out"):  # a rerun, other settings
         prepare.prepare(root, out, workers=1, keyframe_every=4, quantizer=5, dataset="folder")
     assert prepare.prepare(root, out, workers=1, keyframe_every=4, dataset="folder") == written  # same: kept
+    old = tmp_path / "an earlier version's copies"
+    old.mkdir()
+    (old / "index.json").write_text("{}")
+    with pytest.raises(ValueError, match="not empty and has no prepare.json"):
+        prepare.prepare(root, str(old), workers=1, dataset="folder")
     lists = prepare.prepare(trees["list"][0], str(tmp_path / "lists"), workers=1, dataset="list", **LISTS)
     assert set(lists["videos"]) == set(fd.LIST_VIDEOS)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 
 import av
 import demo_run
@@ -320,6 +321,36 @@ def test_a_rotated_stream_is_read_as_displayed_in_whole_frames_and_every_crop(tm
     assert prepare.stored_size(1280, 720, 240) == (426, 240) and prepare.stored_size(321, 241, 256) == (320, 240)
     halved = shown.reshape(6, 40, 2, 24, 2, 3).mean((2, 4))  # area scaling by exactly 1/2: 2x2 means
     assert np.abs(video.read_video(small) - halved).mean() < 2
+
+
+def test_prepare_keeps_full_range_levels_odd_frame_rates_and_refuses_a_size_change(tmp_path):
+    """VP9 (like AV1, HEVC) says full range on a yuv420p frame: the copy, stored in video range, reads the
+    same levels; a variable-rate mean (a big denominator) is encoded; a frame size change is an error."""
+    frames = np.full((4, 32, 64, 3), 40, np.uint8)
+    frames[:, :, 32:] = 200
+    path = str(tmp_path / "full range.webm")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=25, options={"lossless": "1"})
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.codec_context.color_range = 2
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(image, "rgb24").reformat(format="yuv420p", dst_color_range=2)
+            frame.color_range = 2
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert next(video.iter_frames(path)).color_range == 2
+    copy = str(tmp_path / "copy.avi")
+    assert prepare.encode(video.iter_frames(path), copy, Fraction(600000, 19991), 4, 2) == 4
+    assert np.abs(video.read_video(copy).astype(int) - video.read_video(path)).max() <= 3  # passed as is: 15
+    assert abs(video.frame_rate(copy) - Fraction(600000, 19991)) < 1e-3
+
+    def resized():  # 48x32, then 24x16
+        for width in (48, 24):
+            yield av.VideoFrame.from_ndarray(np.zeros((width * 2 // 3, width, 3), np.uint8), "rgb24")
+
+    with pytest.raises(ValueError, match="frame size changes from 48x32 to 24x16 at frame 1"):
+        prepare.encode(resized(), str(tmp_path / "resized.avi"), 25)
+    assert sorted(os.listdir(tmp_path)) == ["copy.avi", "full range.webm"]  # nothing half-written
 
 
 def test_predict_warns_when_a_video_decodes_fewer_frames_than_declared(tiny, tmp_path, capsys):

@@ -3,6 +3,7 @@
 import os
 
 import fake_ucf101
+import grain
 import jax
 import numpy as np
 import pytest
@@ -317,8 +318,12 @@ def test_worker_processes_give_the_same_batches_across_epochs_and_evaluations(re
     root, written = release
     in_process = run_two_epochs(pipeline.create(ucf_config(root)))
     source = pipeline.create(ucf_config(root, workers=2))
-    assert_same_batches(in_process, run_two_epochs(source))
+    from_workers = run_two_epochs(source)
+    assert_same_batches(in_process, from_workers)
     assert list(source.skipped_files()) == written["corrupt"]  # reported from the workers
+    # built in shared memory by the workers, passed by name (not copied into a new block)
+    assert all(isinstance(b["video"], grain.multiprocessing.SharedMemoryArray) for b in from_workers)
+    assert not any(isinstance(b["video"], grain.multiprocessing.SharedMemoryArray) for b in in_process)
     source.close()
 
 

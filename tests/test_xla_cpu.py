@@ -40,18 +40,20 @@ def test_convolutions_compile_to_xla_kernels_not_ynnpack():
 def test_compilation_cache_follows_jax_variable_then_xdg_and_is_off_where_it_cannot_be(tmp_path, monkeypatch):
     warnings = []
     monkeypatch.setattr(compilation_cache.logging, "warning", lambda msg, *args: warnings.append(msg % args))
-    previous = jax.config.jax_compilation_cache_dir
+    previous = jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size
     try:
         mine = str(tmp_path / "mine")
         assert compilation_cache.configure({"JAX_COMPILATION_CACHE_DIR": mine}) == mine
-        assert jax.config.jax_compilation_cache_dir == previous  # JAX's own variable: JAX read it
+        assert jax.config.jax_compilation_cache_dir == previous[0]  # JAX's own variable: JAX read it
         assert compilation_cache.configure({"JAX_COMPILATION_CACHE_DIR": ""}) is None  # turned off
         home = tmp_path / "cache home"
         expected = str(home / "semicnn_jax" / "xla")
         assert compilation_cache.configure({"XDG_CACHE_HOME": str(home)}) == expected
         assert os.path.isdir(expected) and jax.config.jax_compilation_cache_dir == expected
+        assert jax.config.jax_compilation_cache_max_size == compilation_cache.MAX_BYTES
         (tmp_path / "a file").write_text("")
         assert compilation_cache.configure({"XDG_CACHE_HOME": str(tmp_path / "a file")}) is None
         assert len(warnings) == 1 and str(tmp_path / "a file" / "semicnn_jax" / "xla") in warnings[0]
     finally:
-        jax.config.update("jax_compilation_cache_dir", previous)
+        jax.config.update("jax_compilation_cache_dir", previous[0])
+        jax.config.update("jax_compilation_cache_max_size", previous[1])

@@ -40,11 +40,19 @@ class BatchBuilder:
     padding). A row whose ``error`` attribute is not "" is not read (a file known to be unreadable).
     """
 
-    def __init__(self, load: Callable[[Any], np.ndarray], fields: Sequence[str], shape: Sequence[int]):
+    def __init__(self, load: Callable[[Any, np.ndarray], None], fields: Sequence[str], shape: Sequence[int]):
         self.load, self.fields, self.shape = load, tuple(fields), tuple(shape)
 
     def __call__(self, rows: Sequence[Any]) -> dict:
         clips = _new_clips((len(rows),) + self.shape)
+        try:
+            return self._fill(rows, clips)
+        except BaseException:
+            if isinstance(clips, grain.multiprocessing.SharedMemoryArray):
+                clips.unlink_on_del()  # no batch: its shared memory goes with it
+            raise
+
+    def _fill(self, rows: Sequence[Any], clips: np.ndarray) -> dict:
         mask = np.zeros(len(rows), bool)
         columns = {key: np.zeros(len(rows), np.int32) for key in self.fields}
         errors = []

@@ -88,9 +88,10 @@ class _Upright:
         turns = video.quarter_turns(frame)
         width, height = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
         size = stored_size(width, height, self.short_side)
-        if not turns and frame.format.name == "yuv420p" and size == (width, height):
+        full_range = frame.color_range == av.video.reformatter.ColorRange.JPEG  # VP9/AV1/HEVC say so in yuv420p
+        if not turns and frame.format.name == "yuv420p" and not full_range and size == (width, height):
             return frame
-        key = (frame.width, frame.height, frame.format.name, turns)
+        key = (frame.width, frame.height, frame.format.name, full_range, turns)
         if key not in self.graphs:
             graph = av.filter.Graph()
             graph.threads = 1
@@ -126,7 +127,9 @@ def encode(
     sources kept at their size pass as decoded: no trip through RGB); atomically: a temporary file, then
     a rename. Returns the frame count.
     """
-    tmp, count, upright, time_base = path + ".tmp.avi", 0, _Upright(short_side), 1 / Fraction(fps)
+    time_base = (1 / Fraction(fps)).limit_denominator(MAX_TIME_BASE)  # a variable-rate MP4's mean: 600000/19991
+    fps = 1 / time_base
+    tmp, count, upright = path + ".tmp.avi", 0, _Upright(short_side)
     try:
         with av.open(tmp, "w") as container:
             stream = container.add_stream("mpeg4", rate=fps, options={"qmin": str(quantizer), "qmax": str(quantizer)})
@@ -138,6 +141,11 @@ def encode(
                 frame = upright(frame)
                 if not count:
                     stream.width, stream.height = frame.width, frame.height
+                elif (frame.width, frame.height) != (stream.width, stream.height):
+                    raise ValueError(
+                        f"the frame size changes from {stream.width}x{stream.height} to "
+                        f"{frame.width}x{frame.height} at frame {count}: not prepared (the loaders read the original)"
+                    )
                 frame.pts, frame.time_base = count, time_base  # numbered at the copy's own frame rate
                 frame.pict_type = av.video.frame.PictureType.NONE  # not the source's: keyframes every keyframe_every
                 container.mux(stream.encode(frame))
@@ -241,6 +249,7 @@ def prepare(
     return index_data
 
 
+MAX_TIME_BASE = 65535  # the largest time-base denominator (frames per second's numerator) MPEG-4 part 2 encodes
 SETTINGS = "prepare.json"  # the encoding settings of a folder's copies, written before the first copy
 
 
@@ -257,6 +266,11 @@ def _claim(out: str, settings: dict) -> None:
                 "(or delete that folder)"
             )
         return
+    if os.path.isdir(out) and os.listdir(out):
+        raise ValueError(
+            f"{out} is not empty and has no {SETTINGS} (copies of an earlier version, or other files): "
+            "prepare into a new --out"
+        )
     os.makedirs(out, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(settings, f)

@@ -125,7 +125,7 @@ def read_video(path: str) -> np.ndarray:
 
 
 def frame_rate(path: str) -> Fraction:
-    """Frames per second the container declares (25 where it does not say); VideoError if unreadable."""
+    """Frames per second: the stream's mean rate, else FFmpeg's estimate, else 25; VideoError if unreadable."""
     container, stream = _open(path)
     with container:
         return Fraction(stream.average_rate or stream.guessed_rate or 25)
