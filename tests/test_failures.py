@@ -323,9 +323,10 @@ def test_a_rotated_stream_is_read_as_displayed_in_whole_frames_and_every_crop(tm
     assert np.abs(video.read_video(small) - halved).mean() < 2
 
 
-def test_prepare_keeps_full_range_levels_odd_frame_rates_and_refuses_a_size_change(tmp_path):
-    """VP9 (like AV1, HEVC) says full range on a yuv420p frame: the copy, stored in video range, reads the
-    same levels; a variable-rate mean (a big denominator) is encoded; a frame size change is an error."""
+def test_prepare_keeps_colours_and_odd_frame_rates_and_refuses_a_size_change(tmp_path):
+    """VP9 (like AV1, HEVC) says full range on a yuv420p frame, HD video BT.709: the copy, stored as BT.601
+    video range, reads the same colours; a variable-rate mean (a big denominator) is encoded; a frame
+    size change is an error."""
     frames = np.full((4, 32, 64, 3), 40, np.uint8)
     frames[:, :, 32:] = 200
     path = str(tmp_path / "full range.webm")
@@ -344,13 +345,29 @@ def test_prepare_keeps_full_range_levels_odd_frame_rates_and_refuses_a_size_chan
     assert np.abs(video.read_video(copy).astype(int) - video.read_video(path)).max() <= 3  # passed as is: 15
     assert abs(video.frame_rate(copy) - Fraction(600000, 19991)) < 1e-3
 
+    hd = str(tmp_path / "bt709.mkv")  # HD and phone video: BT.709, which the copy cannot record
+    with av.open(hd, "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.colorspace = 1
+        for _ in range(2):
+            frame = av.VideoFrame(32, 32, "yuv420p")
+            for plane, level in zip(frame.planes, (100, 80, 200)):
+                np.frombuffer(plane, np.uint8)[:] = level
+            frame.colorspace = 1
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert prepare.encode(video.iter_frames(hd), str(tmp_path / "bt709.avi"), 25) == 2
+    read, original = video.read_video(str(tmp_path / "bt709.avi")), video.read_video(hd)
+    assert np.abs(read.astype(int) - original).max() <= 2  # passed as is, read as BT.601: 15 off
+
     def resized():  # 48x32, then 24x16
         for width in (48, 24):
             yield av.VideoFrame.from_ndarray(np.zeros((width * 2 // 3, width, 3), np.uint8), "rgb24")
 
     with pytest.raises(ValueError, match="frame size changes from 48x32 to 24x16 at frame 1"):
         prepare.encode(resized(), str(tmp_path / "resized.avi"), 25)
-    assert sorted(os.listdir(tmp_path)) == ["copy.avi", "full range.webm"]  # nothing half-written
+    assert sorted(os.listdir(tmp_path)) == ["bt709.avi", "bt709.mkv", "copy.avi", "full range.webm"]  # no partial file
 
 
 def test_predict_warns_when_a_video_decodes_fewer_frames_than_declared(tiny, tmp_path, capsys):

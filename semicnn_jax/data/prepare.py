@@ -13,9 +13,11 @@ their lists or folders name. Copies keep the videos' paths (``x.avi``, or ``x.mp
 Each video becomes MPEG-4 part 2 (the codec of the release; the fastest to decode of those PyAV
 writes) in AVI, at its own size and frame rate, upright, with a fixed quantiser (``--quantizer``, 3:
 closer to the source than quantiser 2 through RGB was, and 10 % faster to read than quantiser 2) and a
-keyframe every ``--keyframe_every`` frames. YUV 4:2:0 sources (nearly every video) are re-encoded as
-decoded, without a trip through RGB (which subsamples the chroma a second time); videos are streamed
-through, never held whole in memory. ``--short_side=N`` stores larger videos scaled down (area
+keyframe every ``--keyframe_every`` frames. YUV 4:2:0 BT.601 video-range sources (UCF-101, HMDB-51,
+Kinetics' SD videos) are re-encoded as decoded, without a trip through RGB (which subsamples the chroma
+a second time); others (BT.709 HD and phone video, full range, other pixel formats) are converted once,
+in YUV, to what the copy is read as (AVI records no colour matrix); videos are streamed through, never
+held whole in memory. ``--short_side=N`` stores larger videos scaled down (area
 averaging) to a short side of N: phone or HD videos then decode several times faster (1280x720 at
 ``--short_side=240``: 128 instead of 39 training clips/s per core), as Hara et al. (240) and MMAction2
 (256) prepare theirs; training and evaluation crops are fractions of the short side, so they keep
@@ -76,6 +78,12 @@ def stored_size(width: int, height: int, short_side: int = 0) -> tuple[int, int]
     return width - width % 2, height - height % 2
 
 
+# MPEG-4 part 2 in AVI records no colour matrix or range: the copy is read as BT.601 video range, so
+# frames of other matrices (BT.709: most HD and phone video) or full range are converted to it.
+READ_AS_BT601 = (2, 5, 6)  # AVColorSpace: unspecified, BT.470BG, SMPTE 170M
+TO_STORED = "out_range=tv:out_color_matrix=bt601:threads=1"
+
+
 class _Upright:
     """``frame ->`` the frame as displayed (its stream's rotation applied), at ``stored_size``, in
     yuv420p: the decoded frame itself when it is that already (no conversion, no second chroma
@@ -89,9 +97,10 @@ class _Upright:
         width, height = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
         size = stored_size(width, height, self.short_side)
         full_range = frame.color_range == av.video.reformatter.ColorRange.JPEG  # VP9/AV1/HEVC say so in yuv420p
-        if not turns and frame.format.name == "yuv420p" and not full_range and size == (width, height):
+        as_read = not full_range and frame.colorspace in READ_AS_BT601
+        if not turns and frame.format.name == "yuv420p" and as_read and size == (width, height):
             return frame
-        key = (frame.width, frame.height, frame.format.name, full_range, turns)
+        key = (frame.width, frame.height, frame.format.name, full_range, frame.colorspace, turns)
         if key not in self.graphs:
             graph = av.filter.Graph()
             graph.threads = 1
@@ -102,10 +111,10 @@ class _Upright:
             ]
             chain += [graph.add(name, args) for name, args in _TURN_FILTERS.get(turns, ())]
             if size != stored_size(width, height):  # shrunk
-                chain.append(graph.add("scale", f"w={size[0]}:h={size[1]}:flags=area:out_range=tv:threads=1"))
+                chain.append(graph.add("scale", f"w={size[0]}:h={size[1]}:flags=area:{TO_STORED}"))
             else:  # an odd side loses its last row or column
                 chain.append(graph.add("crop", f"w={size[0]}:h={size[1]}:x=0:y=0:exact=1"))
-                chain.append(graph.add("scale", "out_range=tv:threads=1"))
+                chain.append(graph.add("scale", TO_STORED))
             chain += [graph.add("format", "yuv420p"), graph.add("buffersink")]
             for a, b in zip(chain, chain[1:]):
                 a.link_to(b)
