@@ -44,7 +44,7 @@ def _rules(**values):
             setattr(layers, k, v)
 
 
-# Each form: (name, lowering, layers' thresholds while tracing); None where the form does not apply.
+# Each form: name -> (lowering, the layers thresholds set while tracing it); `applies` says where it is one.
 FORMS = {
     "default": ("2d", {}),
     "stacked taps": ("2d", {"STACK_TAPS_MAX_CHANNELS": 1 << 30, "SMALL_OUTPUT": 0}),

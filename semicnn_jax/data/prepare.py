@@ -13,18 +13,19 @@ their lists or folders name. Copies keep the videos' paths (``x.avi``, or ``x.mp
 Each video becomes MPEG-4 part 2 (the codec of the release; the fastest to decode of those PyAV
 writes) in AVI, at its own size and frame rate, upright, with a fixed quantiser (``--quantizer``, 3:
 closer to the source than quantiser 2 through RGB was, and 10 % faster to read than quantiser 2) and a
-keyframe every ``--keyframe_every`` frames. YUV 4:2:0 BT.601 video-range sources (UCF-101, HMDB-51,
-Kinetics' SD videos) are re-encoded as decoded, without a trip through RGB (which subsamples the chroma
-a second time); others (BT.709 HD and phone video, full range, other pixel formats) are converted once,
-in YUV, to what the copy is read as (AVI records no colour matrix); videos are streamed through, never
-held whole in memory. ``--short_side=N`` stores larger videos scaled down (area
-averaging) to a short side of N: phone or HD videos then decode several times faster (1280x720 at
-``--short_side=240``: 128 instead of 39 training clips/s per core), as Hara et al. (240) and MMAction2
-(256) prepare theirs; training and evaluation crops are fractions of the short side, so they keep
-their framing. With a keyframe every 16 frames a random 16-frame clip decodes at
-most 31 frames instead of everything since the release's last keyframe, and evaluation clips start on
-keyframes. The exact
-frame count of each video goes to ``index.json`` (written last, so its presence means "finished"),
+keyframe every ``--keyframe_every`` frames: a random 16-frame clip then decodes at most 31 frames
+instead of everything since the release's last keyframe, and evaluation clips start on keyframes.
+
+YUV 4:2:0 BT.601 video-range sources (UCF-101, HMDB-51, Kinetics' SD videos) are re-encoded as
+decoded, without a trip through RGB (which subsamples the chroma a second time); others (BT.709 HD and
+phone video, full range, other pixel formats) are converted once, in YUV, to what the copy is read as
+(AVI records no colour matrix). Videos are streamed through, never held whole in memory.
+``--short_side=N`` stores larger videos scaled down (area averaging) to a short side of N, as Hara et
+al. (240) and MMAction2 (256) prepare theirs: HD or phone videos then decode several times faster
+(1280x720 at 240: 128 instead of 39 training clips/s per core); training and evaluation crops are
+fractions of the short side, so they keep their framing.
+
+The exact frame count of each video goes to ``index.json`` (written last, so its presence means "finished"),
 which also names the videos that could not be decoded. Rerunning skips the videos already written;
 a rerun with other encoding settings into the same folder is refused (``prepare.json`` records them).
 """
@@ -39,7 +40,6 @@ from fractions import Fraction
 from typing import Iterable
 
 import av
-import av.filter
 import ml_collections
 from absl import app, flags, logging
 
@@ -82,6 +82,7 @@ def stored_size(width: int, height: int, short_side: int = 0) -> tuple[int, int]
 # frames of other matrices (BT.709: most HD and phone video) or full range are converted to it.
 READ_AS_BT601 = (2, 5, 6)  # AVColorSpace: unspecified, BT.470BG, SMPTE 170M
 TO_STORED = "out_range=tv:out_color_matrix=bt601:threads=1"
+MAX_TIME_BASE = 65535  # the largest time-base denominator (frames per second's numerator) MPEG-4 part 2 encodes
 
 
 class _Upright:
@@ -102,24 +103,13 @@ class _Upright:
             return frame
         key = (frame.width, frame.height, frame.format.name, full_range, frame.colorspace, turns)
         if key not in self.graphs:
-            graph = av.filter.Graph()
-            graph.threads = 1
-            chain = [
-                graph.add_buffer(
-                    width=frame.width, height=frame.height, format=frame.format.name, time_base=Fraction(1, 25)
-                )
-            ]
-            chain += [graph.add(name, args) for name, args in _TURN_FILTERS.get(turns, ())]
+            filters = list(_TURN_FILTERS.get(turns, ()))
             if size != stored_size(width, height):  # shrunk
-                chain.append(graph.add("scale", f"w={size[0]}:h={size[1]}:flags=area:{TO_STORED}"))
+                filters.append(("scale", f"w={size[0]}:h={size[1]}:flags=area:{TO_STORED}"))
             else:  # an odd side loses its last row or column
-                chain.append(graph.add("crop", f"w={size[0]}:h={size[1]}:x=0:y=0:exact=1"))
-                chain.append(graph.add("scale", TO_STORED))
-            chain += [graph.add("format", "yuv420p"), graph.add("buffersink")]
-            for a, b in zip(chain, chain[1:]):
-                a.link_to(b)
-            graph.configure()
-            self.graphs[key] = graph
+                filters += [("crop", f"w={size[0]}:h={size[1]}:x=0:y=0:exact=1"), ("scale", TO_STORED)]
+            filters.append(("format", "yuv420p"))
+            self.graphs[key] = video.filter_graph(frame.width, frame.height, frame.format.name, filters)
         self.graphs[key].push(frame)
         return self.graphs[key].pull()
 
@@ -258,7 +248,6 @@ def prepare(
     return index_data
 
 
-MAX_TIME_BASE = 65535  # the largest time-base denominator (frames per second's numerator) MPEG-4 part 2 encodes
 SETTINGS = "prepare.json"  # the encoding settings of a folder's copies, written before the first copy
 
 

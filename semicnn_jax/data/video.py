@@ -288,6 +288,20 @@ def _graphs() -> dict:
     return _local.graphs
 
 
+def filter_graph(width: int, height: int, pix_fmt: str, filters: Sequence[tuple[str, str | None]]) -> av.filter.Graph:
+    """A configured single-threaded FFmpeg filter graph: frames of ``width x height`` ``pix_fmt`` pushed
+    through ``filters`` (``(name, args)`` in order), pulled from its sink."""
+    graph = av.filter.Graph()
+    graph.threads = 1
+    chain = [graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=Fraction(1, 25))]
+    chain += [graph.add(name, args) for name, args in filters]
+    chain.append(graph.add("buffersink"))
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
 def _scale_graph(
     width: int,
     height: int,
@@ -311,23 +325,18 @@ def _scale_graph(
         if len(graphs) >= 256:
             graphs.clear()
         left, top, right, bottom = box
-        graph = av.filter.Graph()
-        graph.threads = 1
         chroma = ""
         if chroma_shift != (0, 0):
             chroma = f":in_h_chr_pos={-256 * chroma_shift[0]}:in_v_chr_pos={128 - 256 * chroma_shift[1]}"
-        chain = [
-            graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=Fraction(1, 25)),
-            graph.add("crop", f"w={right - left}:h={bottom - top}:x={left}:y={top}:exact=1"),
-            graph.add("scale", f"w={size}:h={size}:flags=bilinear:threads=1{chroma}"),
-            graph.add("format", SCALED_FORMAT),
+        filters = [
+            ("crop", f"w={right - left}:h={bottom - top}:x={left}:y={top}:exact=1"),
+            ("scale", f"w={size}:h={size}:flags=bilinear:threads=1{chroma}"),
+            ("format", SCALED_FORMAT),
         ]
         if flip:
-            chain.append(graph.add("hflip"))
-        chain += [graph.add("scale", "flags=bilinear:threads=1"), graph.add("format", "rgb24"), graph.add("buffersink")]
-        for a, b in zip(chain, chain[1:]):
-            a.link_to(b)
-        graph.configure()
+            filters.append(("hflip", None))
+        filters += [("scale", "flags=bilinear:threads=1"), ("format", "rgb24")]
+        graph = filter_graph(width, height, pix_fmt, filters)
         graphs[key] = graph
     return graph
 
