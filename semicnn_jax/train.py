@@ -1,7 +1,7 @@
 """Training and evaluation: pure per-device step functions, mapped over all local devices.
 
 The recipe (paper 4.1): SGD with PyTorch semantics (momentum, dampening, coupled weight decay),
-gradients accumulated with ``optax.MultiSteps`` to the effective batch
+gradients accumulated with ``optax.MultiSteps`` (``optim.accumulate``) to the effective batch
 ``per_device_batch_size x devices x accumulation_steps``, BatchNorm synchronised across devices,
 and the learning rate cut by ``plateau_factor`` when the validation loss stops improving
 (``optax.contrib.reduce_on_plateau`` stepped once per epoch).
@@ -91,7 +91,7 @@ def create_optimizer(config, frozen_mask=None) -> optax.GradientTransformation:
     if frozen_mask is not None:
         labels = jax.tree.map(lambda frozen: "frozen" if frozen else "trained", frozen_mask)
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
-    return optax.MultiSteps(tx, every_k_schedule=config.accumulation_steps)
+    return optim.accumulate(tx, config.accumulation_steps)
 
 
 def create_plateau(config):

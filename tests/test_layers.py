@@ -55,21 +55,22 @@ def test_lowerings_equal_plain_3d_convolution(kernel_shape, strides, padding, in
         np.testing.assert_allclose(y, plain, rtol=1e-5, atol=1e-5 * float(jnp.abs(plain).max()))
 
 
-# Every path through the '2d' lowering's 2D convolutions, inputs wide enough to be materialised: 32 channels
-# (temporal taps stacked by concatenation), 136 (one 2D convolution per temporal tap); and 5 channels (taps
-# stacked by a gather).
-GRADIENT_CASES = [(case, 32) for case in CASES if case[0] != (1, 1, 1)] + [(CASES[7], 136)]
-GRADIENT_CASES += [(CASES[7], 5), (CASES[10], 5)]
+# Every path through the '2d' lowering's own VJPs, inputs wide enough to be materialised: 32 channels
+# (temporal taps stacked by concatenation), 136 (one 2D convolution per temporal tap); 5 channels (taps
+# stacked by a gather); 1x1x1 kernels (one matrix product) with 24 output channels, so that the output
+# gradient is materialised too.
+GRADIENT_CASES = [(case, 32, 4) for case in CASES if case[0] != (1, 1, 1)] + [(CASES[7], 136, 4)]
+GRADIENT_CASES += [(CASES[7], 5, 4), (CASES[10], 5, 4), (CASES[-3], 32, 24), (CASES[-2], 8, 24)]
 
 
-@pytest.mark.parametrize("case,channels", GRADIENT_CASES)
-def test_lowered_gradients_equal_plain_3d_convolution_gradients(case, channels):
-    """The '2d' lowering's 2D convolutions have their own VJP: input and kernel gradients equal the plain 3D
-    convolution's."""
+@pytest.mark.parametrize("case,channels,features", GRADIENT_CASES)
+def test_lowered_gradients_equal_plain_3d_convolution_gradients(case, channels, features):
+    """The '2d' lowering's 2D convolutions and matrix products have their own VJP: input and kernel
+    gradients equal the plain 3D convolution's."""
     kernel_shape, strides, padding = case
     rng = np.random.default_rng(1)  # numpy draws: no random-number program to compile per case
     x = rng.standard_normal((1, 5, 7, 6, channels), np.float32)
-    kernel = rng.standard_normal(kernel_shape + (channels, 4), np.float32)
+    kernel = rng.standard_normal(kernel_shape + (channels, features), np.float32)
     hi = lax.Precision.HIGHEST
 
     def conv(lowering):

@@ -126,7 +126,7 @@ def test_sgd_pmap_matches_single_device():
 @pytest.mark.parametrize("k", [2, 3])
 def test_sgd_multisteps_equals_mean_grad(k):
     kwargs = dict(momentum=0.9, dampening=0.9, weight_decay=1e-2)
-    multi = optax.MultiSteps(optim.sgd(0.1, **kwargs), every_k_schedule=k)
+    multi = optim.accumulate(optim.sgd(0.1, **kwargs), k)
     single = optim.sgd(0.1, **kwargs)
     params_m = params_s = init_params()
     state_m, state_s = multi.init(params_m), single.init(params_s)
@@ -155,6 +155,24 @@ def test_sgd_multisteps_equals_mean_grad(k):
         mean_g = jax.tree.map(lambda *xs: np.mean(xs, axis=0), *gs)
         params_s, state_s = single_step(mean_g, state_s, params_s)
         jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), params_m, params_s)
+
+
+def test_accumulate_one_step_is_multisteps():
+    """At every_k == 1 ``optim.accumulate`` skips MultiSteps' machinery: same state tree, updates and state."""
+    kwargs = dict(momentum=0.9, dampening=0.9, weight_decay=1e-2)
+    fast, multi = optim.accumulate(optim.sgd(0.1, **kwargs), 1), optax.MultiSteps(optim.sgd(0.1, **kwargs), 1)
+    params = init_params()
+    state_f, state_m = fast.init(params), multi.init(params)
+    assert jax.tree.structure(state_f) == jax.tree.structure(state_m)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        grads = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32)}
+        upd_f, state_f = jax.jit(fast.update)(grads, state_f, params)
+        upd_m, state_m = jax.jit(multi.update)(grads, state_m, params)
+        for a, b in zip(jax.tree.leaves((upd_f, state_f)), jax.tree.leaves((upd_m, state_m))):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        params = optax.apply_updates(params, upd_f)
+    assert int(state_f.gradient_step) == 3
 
 
 def test_sgd_value_errors():
