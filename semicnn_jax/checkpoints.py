@@ -22,6 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from semicnn_jax import exits
+
 DIGEST_KEY = "sha256"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 DAMAGED_DIR = "damaged_checkpoints"
@@ -152,6 +154,46 @@ def restore_verified(manager: ocp.CheckpointManager, step: int, restore: Callabl
     return restored
 
 
+ITEM = "default"  # the folder of a step that orbax's CheckpointManager writes a single item into
+
+
+def key_paths(tree) -> set[str]:
+    return {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def layout_difference(manager: ocp.CheckpointManager, step: int, target) -> tuple[list[str], list[str]] | None:
+    """(arrays only in checkpoint ``step``, arrays only in ``target``) by key path, from the checkpoint's
+    metadata file; None when that file cannot be read (restoring then tells a damaged checkpoint)."""
+    try:
+        with quiet_library_errors():
+            metadata = ocp.StandardCheckpointer().metadata(os.path.join(str(manager.directory), str(step), ITEM))
+        saved = key_paths(metadata.item_metadata.tree)
+    except Exception:  # noqa: BLE001  (any unreadable metadata: left to the restore's own checks)
+        return None
+    wanted = key_paths(ocp.tree.serialize_tree(target, keep_empty_nodes=True))
+    return sorted(saved - wanted), sorted(wanted - saved)
+
+
+def check_layout(manager: ocp.CheckpointManager, step: int, target) -> None:
+    """Raises ``exits.ConfigError`` (nothing moved) when checkpoint ``step`` holds other arrays than
+    ``target`` has: a resumed run whose config shapes its state otherwise (momentum or weight decay
+    switched on or off, other frozen layers), not a damaged checkpoint."""
+    difference = layout_difference(manager, step, target)
+    if difference is None or not any(difference):
+        return
+    saved, wanted = difference
+
+    def some(paths):
+        return f"{len(paths)} arrays, e.g. {paths[0]}" if paths else "none"
+
+    raise exits.ConfigError(
+        f"{os.path.join(str(manager.directory), str(step))} holds other arrays than this config's training "
+        f"state (only in the checkpoint: {some(saved)}; only in this config's: {some(wanted)}). The optimizer "
+        "state follows momentum, weight_decay, freeze_pretrained and freeze_until: resume with the run's "
+        "settings or start another --workdir (the checkpoints are left as they are)"
+    )
+
+
 def set_aside(workdir: str, damaged: DamagedCheckpoint) -> str:
     """Moves a damaged checkpoint into ``workdir/damaged_checkpoints/`` (kept for inspection, out of the
     way of the next save); returns its new path."""
@@ -166,7 +208,8 @@ def restore_latest_good(
 ) -> tuple[ocp.CheckpointManager, Any, int | None]:
     """(manager, state, step) of the newest intact checkpoint, each damaged newer one named in one line
     and set aside; ``(manager, target, None)`` when the run has no checkpoint. Raises ``DamagedCheckpoint``
-    when checkpoints exist but none is intact (starting over silently would lose the run).
+    when checkpoints exist but none is intact (starting over silently would lose the run), and
+    ``exits.ConfigError`` when the newest one holds other arrays than ``target`` (``check_layout``).
 
     ``open_manager`` opens the checkpoint directory afresh: orbax infers the item layout from the steps
     present, so a manager that saw a damaged step is not used after it is set aside."""
@@ -174,6 +217,8 @@ def restore_latest_good(
     target = jax.device_get(target)  # host arrays, as saved (see ``save``)
     steps = sorted(manager.all_steps(), reverse=True)
     damaged = []
+    if steps:
+        check_layout(manager, steps[0], target)  # a config that shapes the state otherwise: refused, nothing moved
     for step in steps:
         try:
             state = restore_verified(

@@ -354,9 +354,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     source = pipeline.create(config)
     info = source.info
     check_or_write_run_record(workdir, run_record(config, info), config.get("allow_new_geometry", False))
-    if jax.process_index() == 0:  # this start's full config, overrides included
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
     per_device = per_device_batch(config)
@@ -384,6 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     manager, state, restored_step = checkpoints.restore_latest_good(
         lambda: checkpoint_manager(workdir, config), workdir, state
     )
+    if jax.process_index() == 0:  # this start's full config, overrides included (once it is accepted)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     if restored_step is not None:
         logging.info("resumed from step %d (epoch %d)", int(state.step), int(state.epoch))
     else:

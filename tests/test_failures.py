@@ -97,6 +97,22 @@ def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_previous_one_use
     jax.tree.map(np.testing.assert_array_equal, state.params, reference["params"])
 
 
+def test_a_config_that_shapes_the_state_otherwise_is_refused_and_nothing_moved(tiny, tmp_path):
+    """Weight decay switched off on resume: the optimizer state has other arrays. A config error naming
+    them, not a damaged checkpoint: every checkpoint stays where it is, config.json is the run's."""
+    source, config, _ = tiny
+    workdir = str(tmp_path / "run")
+    shutil.copytree(source, workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        recorded = f.read()
+    with pytest.raises(exits.ConfigError, match=r"checkpoints/16 holds other arrays .*only in the checkpoint: "):
+        demo_run.tiny_run(workdir, weight_decay=0.0)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16", "8"]
+    assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == recorded
+
+
 def test_non_finite_weights_are_refused_and_with_every_checkpoint_damaged_nothing_is_guessed(tiny, tmp_path):
     source, config, target = tiny
     workdir = str(tmp_path / "run")
