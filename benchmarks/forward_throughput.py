@@ -175,7 +175,7 @@ def benchmark_model(name: str, args) -> list[dict]:
             v.output = v.run()
         v.warmup_s = time.perf_counter() - start
         print(f"  [{name}] warm-up {v.label}: {v.warmup_s:.1f} s for {args.warmup} run(s)", flush=True)
-    timed_rounds(name, variants, args.repeats)
+    timed_rounds(name, variants, args.repeats, idle_s=args.idle)
 
     reference_out = next(v.output for v in variants if v.label == "torch NCDHW")
     scale = float(np.max(np.abs(reference_out)))
@@ -193,13 +193,19 @@ def benchmark_model(name: str, args) -> list[dict]:
     return rows
 
 
-def timed_rounds(name: str, variants: list[Variant], repeats: int, keep_last_output: bool = False) -> None:
+def timed_rounds(
+    name: str, variants: list[Variant], repeats: int, keep_last_output: bool = False, idle_s: float = 0.0
+) -> None:
     """``repeats`` interleaved rounds, one timed run of every variant each (a shared machine's load
-    slows them alike); ``keep_last_output``: each variant's ``output`` is its latest run's."""
+    slows them alike); ``keep_last_output``: each variant's ``output`` is its latest run's. ``idle_s``
+    before each run lets the previous variant's worker threads stop spinning: PyTorch's OpenMP and
+    XLA's Eigen workers busy-wait after a run, and on 2 cores the next framework's first ops share the
+    cores with them (JAX's training step right after PyTorch's: 664-1032 ms; after 0.5 s idle 672-737)."""
     for r in range(repeats):
         for v in variants:
             if keep_last_output:
                 v.output = None
+            time.sleep(idle_s)
             v.time_once()
         print(
             f"  [{name}] round {r + 1}/{repeats}: "
@@ -272,6 +278,7 @@ def comparison_parser(doc: str, what: str, batch: int, warmup: str) -> argparse.
     add_clip_args(p, batch)
     p.add_argument("--warmup", type=int, default=None, help=f"warm-up {what} ({warmup})")
     p.add_argument("--repeats", type=int, default=None, help=f"timed {what} (default 7, --quick 3)")
+    p.add_argument("--idle", type=float, default=0.5, help="seconds idle before each timed run (default 0.5)")
     return p
 
 
@@ -310,7 +317,8 @@ def run_comparison(args, benchmark, what: str, unit: str, table) -> list[dict]:
     print_machine_and_peaks(args)
     print(
         f"clip {args.batch}x{args.frames}x{args.size}x{args.size}x3 {what}, "
-        f"{args.warmup} warm-up + {args.repeats} timed {unit} per variant (best and median reported)\n",
+        f"{args.warmup} warm-up + {args.repeats} timed {unit} per variant, {args.idle:g} s idle before each "
+        "(best and median reported)\n",
         flush=True,
     )
     rows = [row for name in args.models for row in benchmark(name, args)]
