@@ -157,14 +157,22 @@ def restore_verified(manager: ocp.CheckpointManager, step: int, restore: Callabl
 ITEM = "default"  # the folder of a step that orbax's CheckpointManager writes a single item into
 
 
+def _empty(node) -> bool:
+    return node is None or (isinstance(node, (tuple, list, dict)) and not node)
+
+
 def key_paths(tree) -> set[str]:
-    return {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    """The key path of every array and every empty node (optax's ``EmptyState``, ``MaskedNode``: ``None``
+    in orbax's metadata, empty tuples in a target), the latter marked: states that differ only in where
+    they hold nothing (weight decay on or off without momentum, other frozen layers) differ here too."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_empty)[0]
+    return {jax.tree_util.keystr(path) + (" (empty)" if _empty(leaf) else "") for path, leaf in leaves}
 
 
 def layout_difference(manager: ocp.CheckpointManager, step: int, target) -> tuple[list[str], list[str]] | None:
     """(arrays only in checkpoint ``step``, arrays only in ``target``) by key path, from the checkpoint's
     metadata file; None when that file cannot be read (restoring then tells a damaged checkpoint)."""
-    try:
+    try:  # read apart from the manager, which knows an item's handler only once it has saved or restored one
         with quiet_library_errors():
             metadata = ocp.StandardCheckpointer().metadata(os.path.join(str(manager.directory), str(step), ITEM))
         saved = key_paths(metadata.item_metadata.tree)
@@ -184,13 +192,14 @@ def check_layout(manager: ocp.CheckpointManager, step: int, target) -> None:
     saved, wanted = difference
 
     def some(paths):
-        return f"{len(paths)} arrays, e.g. {paths[0]}" if paths else "none"
+        return f"{len(paths)} entries, e.g. {paths[0]}" if paths else "none"
 
     raise exits.ConfigError(
         f"{os.path.join(str(manager.directory), str(step))} holds other arrays than this config's training "
         f"state (only in the checkpoint: {some(saved)}; only in this config's: {some(wanted)}). The optimizer "
         "state follows momentum, weight_decay, freeze_pretrained and freeze_until: resume with the run's "
-        "settings or start another --workdir (the checkpoints are left as they are)"
+        "settings or start another --workdir (the checkpoints are left as they are; if the settings are the "
+        "run's, the checkpoint's _METADATA file is damaged: move that step aside)"
     )
 
 
@@ -209,7 +218,7 @@ def restore_latest_good(
     """(manager, state, step) of the newest intact checkpoint, each damaged newer one named in one line
     and set aside; ``(manager, target, None)`` when the run has no checkpoint. Raises ``DamagedCheckpoint``
     when checkpoints exist but none is intact (starting over silently would lose the run), and
-    ``exits.ConfigError`` when the newest one holds other arrays than ``target`` (``check_layout``).
+    ``exits.ConfigError`` when one it would restore holds other arrays than ``target`` (``check_layout``).
 
     ``open_manager`` opens the checkpoint directory afresh: orbax infers the item layout from the steps
     present, so a manager that saw a damaged step is not used after it is set aside."""
@@ -217,9 +226,8 @@ def restore_latest_good(
     target = jax.device_get(target)  # host arrays, as saved (see ``save``)
     steps = sorted(manager.all_steps(), reverse=True)
     damaged = []
-    if steps:
-        check_layout(manager, steps[0], target)  # a config that shapes the state otherwise: refused, nothing moved
     for step in steps:
+        check_layout(manager, step, target)  # a config that shapes the state otherwise: refused, nothing moved
         try:
             state = restore_verified(
                 manager, step, lambda: manager.restore(step, args=ocp.args.StandardRestore(target))

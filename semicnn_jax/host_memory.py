@@ -7,11 +7,13 @@ pages: 163,000 page faults and 220-400 ms of kernel time per step on 2 cores. Wi
 ``mmap`` and no trimming, freed blocks are reused once the heap has settled (a few calls): that step
 685 -> 612-666 ms (median of 20, two runs), the demo's epoch 9.5 -> 8.0 s (``benchmarks/README.md``).
 The price: the heap keeps its peak, plus fragmentation (that step's process: 3.8 GB resident instead
-of a 2.7 GB peak; the demo's: 1.44 instead of 1.51 GB).
+of a 2.7 GB peak; the demo's peak 1.44 GB, with glibc's defaults 1.51).
 
 ``configure()`` (run when ``semicnn_jax`` is imported, before JAX starts its back end) applies it with
 ``mallopt`` unless you chose an allocator: ``LD_PRELOAD`` (tcmalloc, jemalloc), ``GLIBC_TUNABLES`` or any
-``MALLOC_*`` variable set, or ``SEMICNN_JAX_MALLOC=default``. Other C libraries: nothing is done.
+``MALLOC_*`` variable set, or ``SEMICNN_JAX_MALLOC`` set (to ``default``, say). Other C libraries: nothing
+is done. It applies to every process that imports the package, the loader's workers included (their
+buffers are small), and on GPU hosts too, where it changes little.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _glibc_mallopt() -> Callable[[int, int], int] | None:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # glibc only (musl has a mallopt that ignores these parameters)
         return libc.mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
 
 

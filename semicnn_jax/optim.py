@@ -127,10 +127,12 @@ def sgd(learning_rate, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=F
 def accumulate(tx: optax.GradientTransformation, every_k: int) -> optax.GradientTransformation:
     """``optax.MultiSteps(tx, every_k)``: ``tx`` applied to the mean of every ``every_k`` gradients.
 
-    At ``every_k == 1`` the same state (``optax.MultiStepsState``: a run may resume with another
-    ``every_k``) and the same updates, without MultiSteps' conditional and its accumulator (a tree of
-    zeros the size of the parameters, read and written every step): the update then fuses with SGD's
-    arithmetic, 30-37 ms of a 730 ms semi_resnet18 training step on 2 CPU cores (benchmarks/README.md).
+    At ``every_k == 1`` MultiSteps' state (a run may resume with another ``every_k``) and its updates,
+    without its conditional and its accumulator (a tree of zeros the size of the parameters, read and
+    written every step): the update then fuses with SGD's arithmetic, 30-37 ms of a 730 ms
+    semi_resnet18 training step on 2 CPU cores (benchmarks/README.md). A state saved in the middle of
+    an accumulation (``mini_step > 0``) has its partial gradients dropped, where MultiSteps would
+    spend one step on applying nothing.
     """
     multi = optax.MultiSteps(tx, every_k_schedule=every_k)
     if every_k != 1:
@@ -139,7 +141,8 @@ def accumulate(tx: optax.GradientTransformation, every_k: int) -> optax.Gradient
     def update_fn(updates, state, params=None):
         updates, inner_state = tx.update(updates, state.inner_opt_state, params)
         step = optax.safe_increment(state.gradient_step)
-        return updates, state._replace(inner_opt_state=inner_state, gradient_step=step)
+        mini_step = jnp.zeros_like(state.mini_step)  # with it, MultiSteps at k > 1 ignores acc_grads
+        return updates, state._replace(inner_opt_state=inner_state, gradient_step=step, mini_step=mini_step)
 
     return optax.GradientTransformation(multi.init, update_fn)
 

@@ -113,6 +113,35 @@ def test_a_config_that_shapes_the_state_otherwise_is_refused_and_nothing_moved(t
         assert f.read() == recorded
 
 
+OPTIMIZER_STATES = {  # config overrides and frozen parameters: each gives the optimizer state another layout
+    "sgd, weight decay": ({"momentum": 0.0}, None),
+    "sgd": ({"momentum": 0.0, "weight_decay": 0.0}, None),
+    "momentum, first layer frozen": ({}, {"first": True, "second": False}),
+    "momentum, second layer frozen": ({}, {"first": False, "second": True}),
+}
+
+
+def test_every_other_optimizer_layout_is_told_apart_even_where_it_holds_no_arrays(tmp_path):
+    """Without momentum, weight decay on or off changes only where optax holds empty states; other frozen
+    layers only where it holds masked (empty) nodes: told apart all the same, and the same layout passes."""
+    params = {"first": {"kernel": np.ones((2, 3), np.float32)}, "second": {"bias": np.zeros(3, np.float32)}}
+
+    def state(name):
+        overrides, frozen = OPTIMIZER_STATES[name]
+        tx = train.create_optimizer(demo_run.tiny_run_config(**overrides), frozen)
+        return {"params": params, "opt_state": jax.device_get(tx.init(params))}
+
+    for step, saved in enumerate(OPTIMIZER_STATES, start=1):
+        manager = train.checkpoint_manager(str(tmp_path / saved.replace(" ", "_")), demo_run.tiny_run_config())
+        checkpoints.save(manager, step, state(saved))
+        for other in OPTIMIZER_STATES:
+            if other == saved:
+                checkpoints.check_layout(manager, step, state(other))
+            else:
+                with pytest.raises(exits.ConfigError, match=f"checkpoints/{step} holds other arrays"):
+                    checkpoints.check_layout(manager, step, state(other))
+
+
 def test_non_finite_weights_are_refused_and_with_every_checkpoint_damaged_nothing_is_guessed(tiny, tmp_path):
     source, config, target = tiny
     workdir = str(tmp_path / "run")

@@ -174,6 +174,20 @@ def test_accumulate_one_step_is_multisteps():
         params = optax.apply_updates(params, upd_f)
     assert int(state_f.gradient_step) == 3
 
+    # Resumed at k = 1 from the middle of a k = 2 accumulation: the partial gradient is dropped (the update
+    # is the plain SGD step), and a later resume at k = 2 accumulates afresh.
+    sgd, two = optim.sgd(0.1, **kwargs), optim.accumulate(optim.sgd(0.1, **kwargs), 2)
+    _, half = two.update(grads, two.init(params), params)
+    assert int(half.mini_step) == 1
+    upd_f, state_f = fast.update(grads, half, params)
+    np.testing.assert_allclose(upd_f["w"], sgd.update(grads, half.inner_opt_state, params)[0]["w"], rtol=1e-6)
+    assert int(state_f.mini_step) == 0
+    g1, g2 = ({"w": np.full((3, 4), v, np.float32), "b": np.full(4, v, np.float32)} for v in (1.0, 3.0))
+    _, state_2 = two.update(g1, state_f, params)
+    upd_2, _ = two.update(g2, state_2, params)
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+    np.testing.assert_allclose(upd_2["w"], sgd.update(mean, state_f.inner_opt_state, params)[0]["w"], rtol=1e-6)
+
 
 def test_sgd_value_errors():
     params = init_params()

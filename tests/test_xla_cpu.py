@@ -81,7 +81,7 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_anew():
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     assert faulting_calls(**{host_memory.OFF: "default"}) == 36  # every call
-    assert faulting_calls() <= 9
+    assert faulting_calls() <= 12
 
 
 def test_compilation_cache_follows_jax_variable_then_xdg_and_is_off_where_it_cannot_be(tmp_path, monkeypatch):
