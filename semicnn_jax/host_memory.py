@@ -5,7 +5,7 @@ one 635 MB temporary buffer). glibc maps an allocation over 32 MiB, and any that
 (64 MiB heaps) cannot hold, with its own ``mmap`` and unmaps it when freed, so every step touched fresh
 pages: 163,000 page faults and 220-400 ms of kernel time per step on 2 cores. With one arena, no
 ``mmap`` and no trimming, freed blocks are reused once the heap has settled (a few calls): that step
-685 -> 612-666 ms (median of 20, two runs), the demo's epoch 9.5 -> 8.0 s (``benchmarks/README.md``).
+685 -> 612-666 ms (median of 20, two runs), the demo 3 m 31 s -> 2 m 46-51 s (``benchmarks/README.md``).
 The price: the heap keeps its peak, plus fragmentation (that step's process: 3.8 GB resident instead
 of a 2.7 GB peak; the demo's peak 1.44 GB, with glibc's defaults 1.51).
 
