@@ -276,45 +276,49 @@ MODEL_KEYS = ("model", "model_options", "num_classes")
 GEOMETRY_KEYS = ("num_frames", "crop_size", "dataset")
 
 
-def check_or_write_run_record(workdir: str, record: dict, allow_new_geometry: bool = False) -> None:
-    """A workdir belongs to one model and one clip geometry: refuse to train another into it (nothing is
-    overwritten); ``allow_new_geometry`` lets the same model go on with other clips (run.json rewritten)."""
+def check_run_record(workdir: str, record: dict, allow_new_geometry: bool = False) -> bool:
+    """A workdir belongs to one model and one clip geometry: refuses to train another into it; True when
+    ``run.json`` is to be written (a new run, or ``allow_new_geometry`` letting the same model go on with
+    other clips): ``write_run_record`` does it once the start is accepted."""
     path = os.path.join(workdir, "run.json")
     previous = None
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
     distributed.barrier("run.json read")  # every process has read it before process 0 may rewrite it
-    if previous is not None:
+    if previous is None:
+        return True
 
-        def differ(keys):
-            return [
-                k for k in keys if json.dumps(previous.get(k), sort_keys=True) != json.dumps(record[k], sort_keys=True)
-            ]
+    def differ(keys):
+        return [k for k in keys if json.dumps(previous.get(k), sort_keys=True) != json.dumps(record[k], sort_keys=True)]
 
-        if differ(MODEL_KEYS):
-            held = {k: previous.get(k) for k in MODEL_KEYS[1:]}
-            wanted = {k: record[k] for k in MODEL_KEYS[1:]}
-            raise exits.ConfigError(
-                f"{workdir} holds a run of model {previous.get('model')!r} ({held}); "
-                f"this config trains {record['model']!r} ({wanted}). Use another --workdir."
-            )
-        changed = differ(GEOMETRY_KEYS)
-        if changed and not allow_new_geometry:
-            raise exits.ConfigError(
-                f"{workdir} was trained with {', '.join(f'{k}={previous.get(k)!r}' for k in changed)}; this config has "
-                f"{', '.join(f'{k}={record[k]!r}' for k in changed)}. Use another --workdir, or pass "
-                "--config.allow_new_geometry=True to go on with the new clips (run.json is rewritten)"
-            )
-        if not changed:
-            return
+    if differ(MODEL_KEYS):
+        held = {k: previous.get(k) for k in MODEL_KEYS[1:]}
+        wanted = {k: record[k] for k in MODEL_KEYS[1:]}
+        raise exits.ConfigError(
+            f"{workdir} holds a run of model {previous.get('model')!r} ({held}); "
+            f"this config trains {record['model']!r} ({wanted}). Use another --workdir."
+        )
+    changed = differ(GEOMETRY_KEYS)
+    if changed and not allow_new_geometry:
+        raise exits.ConfigError(
+            f"{workdir} was trained with {', '.join(f'{k}={previous.get(k)!r}' for k in changed)}; this config has "
+            f"{', '.join(f'{k}={record[k]!r}' for k in changed)}. Use another --workdir, or pass "
+            "--config.allow_new_geometry=True to go on with the new clips (run.json is rewritten)"
+        )
+    if changed:
         logging.warning(
-            "allow_new_geometry: %s now %s (was %s); run.json rewritten",
+            "allow_new_geometry: %s now %s (was %s); run.json is rewritten",
             ", ".join(changed),
             [record[k] for k in changed],
             [previous.get(k) for k in changed],
         )
+    return bool(changed)
+
+
+def write_run_record(workdir: str, record: dict) -> None:
     if jax.process_index() == 0:
+        path = os.path.join(workdir, "run.json")
         with open(path + ".tmp", "w") as f:
             json.dump(record, f, indent=2)
         os.replace(path + ".tmp", path)
@@ -353,7 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     prepare_workdir(workdir)
     source = pipeline.create(config)
     info = source.info
-    check_or_write_run_record(workdir, run_record(config, info), config.get("allow_new_geometry", False))
+    record = run_record(config, info)
+    new_record = check_run_record(workdir, record, config.get("allow_new_geometry", False))
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
     per_device = per_device_batch(config)
@@ -381,6 +386,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     manager, state, restored_step = checkpoints.restore_latest_good(
         lambda: checkpoint_manager(workdir, config), workdir, state
     )
+    if new_record:  # once the start is accepted (a refused one changes nothing)
+        write_run_record(workdir, record)
     if jax.process_index() == 0:  # this start's full config, overrides included (once it is accepted)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))

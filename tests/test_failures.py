@@ -105,12 +105,16 @@ def test_a_config_that_shapes_the_state_otherwise_is_refused_and_nothing_moved(t
     shutil.copytree(source, workdir)
     with open(os.path.join(workdir, "config.json")) as f:
         recorded = f.read()
+    with open(os.path.join(workdir, "run.json")) as f:
+        run_record = f.read()
     with pytest.raises(exits.ConfigError, match=r"checkpoints/16 holds other arrays .*only in the checkpoint: "):
-        demo_run.tiny_run(workdir, weight_decay=0.0)
+        demo_run.tiny_run(workdir, weight_decay=0.0, crop_size=24, allow_new_geometry=True)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16", "8"]
     assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
     with open(os.path.join(workdir, "config.json")) as f:
         assert f.read() == recorded
+    with open(os.path.join(workdir, "run.json")) as f:
+        assert f.read() == run_record  # allow_new_geometry rewrites it only once the start is accepted
 
 
 OPTIMIZER_STATES = {  # config overrides and frozen parameters: each gives the optimizer state another layout
@@ -280,16 +284,18 @@ def test_a_workdir_keeps_its_geometry_unless_allowed(tmp_path):
         "crop_size": 112,
         "dataset": "ucf101",
     }
-    train.check_or_write_run_record(workdir, record)
-    train.check_or_write_run_record(workdir, dict(record))  # the same run resumes
+    assert train.check_run_record(workdir, record)  # a new run: to be written
+    train.write_run_record(workdir, record)
+    assert not train.check_run_record(workdir, dict(record))  # the same run resumes
     other = dict(record, crop_size=160, num_frames=8)
     with pytest.raises(
         exits.ConfigError,
         match="num_frames=16, crop_size=112; this config has num_frames=8, crop_size=160.*allow_new_geometry=True",
     ):
-        train.check_or_write_run_record(workdir, other)
-    assert json.load(open(os.path.join(workdir, "run.json"))) == record
-    train.check_or_write_run_record(workdir, other, allow_new_geometry=True)
+        train.check_run_record(workdir, other)
+    assert train.check_run_record(workdir, other, allow_new_geometry=True)
+    assert json.load(open(os.path.join(workdir, "run.json"))) == record  # written only once the start is accepted
+    train.write_run_record(workdir, other)
     assert json.load(open(os.path.join(workdir, "run.json"))) == other  # predict reads the new clips
 
 
