@@ -102,26 +102,26 @@ def _conv2d_bwd(strides, padding, precision, residuals, grad):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def _plain_pointwise(x: Array, kernel: Array, precision) -> Array:
+    return jnp.einsum("nthwc,co->nthwo", x, kernel, precision=precision)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _pointwise(x: Array, kernel: Array, precision) -> Array:
     """A 1x1x1 convolution as one matrix product whose gradients read their output gradient through
     ``_materialized``: XLA had fused the BatchNorm backward into the transposing copy the kernel
     gradient needs (10.7 ms on one thread for semi_resnet18's 128-channel downsample at batch 4); the
     gradient of its training forward 1-2 % faster (``benchmarks/README.md``)."""
-    return jnp.einsum("nthwc,co->nthwo", x, kernel, precision=precision)
+    return _plain_pointwise(x, kernel, precision)
 
 
 def _pointwise_fwd(x, kernel, precision):
-    return _pointwise(x, kernel, precision), (x, kernel)
+    return _plain_pointwise(x, kernel, precision), (x, kernel)
 
 
 def _pointwise_bwd(precision, residuals, grad):
-    x, kernel = residuals
-    grad = _materialized(grad)
-    return (
-        jnp.einsum("nthwo,co->nthwc", grad, kernel, precision=precision),
-        jnp.einsum("nthwc,nthwo->co", x, grad, precision=precision),
-    )
+    pointwise = functools.partial(_plain_pointwise, precision=precision)
+    return jax.vjp(pointwise, *residuals)[1](_materialized(grad))
 
 
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
