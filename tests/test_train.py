@@ -86,7 +86,14 @@ def sigterm_at(at):
 
 
 def nan_after(after):
-    return lambda n, batch: dict(batch, video=np.full_like(batch["video"], np.nan)) if n > after else batch
+    """Float frames in [0, 1] (as ``inference.normalize`` takes them), NaN from batch ``after + 1``: uint8
+    frames cannot hold a NaN (cast, it became 0, and the loss went non-finite only by chance)."""
+
+    def hook(n, batch):
+        video = batch["video"].astype(np.float32) / 255.0
+        return dict(batch, video=np.full_like(video, np.nan) if n > after else video)
+
+    return hook
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
